@@ -1,0 +1,1 @@
+"""CREME model-editing service: the domain core (no HTTP)."""

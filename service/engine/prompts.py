@@ -1,0 +1,98 @@
+"""Tokenisation and the probability/generation primitives every job shares."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from service.engine.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Left-padded prompts; the last position of every row is its last real token."""
+
+    input_ids: torch.Tensor  # [batch, seq]
+    attention_mask: torch.Tensor  # [batch, seq]
+    position_ids: torch.Tensor  # [batch, seq], 0 at each row's first real token
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+        }
+
+
+def encode(lm: LoadedModel, prompts: Sequence[str]) -> Batch:
+    """Tokenise ``prompts`` with left padding and explicit position ids (needed by GPT-2)."""
+    if not prompts:
+        raise ValueError("at least one prompt is required")
+    enc = lm.tokenizer(list(prompts), return_tensors="pt", padding=True)
+    mask = enc["attention_mask"].to(lm.device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(input_ids=enc["input_ids"].to(lm.device), attention_mask=mask, position_ids=positions)
+
+
+def answer_token_ids(lm: LoadedModel, answer: str) -> list[int]:
+    """Token ids of ``answer`` as it follows a prompt: leading space, no special tokens."""
+    ids = lm.tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"answer {answer!r} has no tokens")
+    return list(ids)
+
+
+@torch.no_grad()
+def last_token_probs(lm: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
+    """Softmax of the next-token logits after each prompt, float32, shape [batch, vocab]."""
+    logits = lm.model(**encode(lm, prompts).model_inputs(), use_cache=False).logits[:, -1]
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def mean_answer_prob(probs: torch.Tensor, token_ids: Sequence[int]) -> float:
+    """CREME's answer probability: the mean over the answer's sub-tokens of p at the last position."""
+    return float(probs[list(token_ids)].mean())
+
+
+def answer_probs(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
+    """p(answer_i | prompt_i) for each pair, as :func:`mean_answer_prob` defines it."""
+    if len(prompts) != len(answers):
+        raise ValueError("prompts and answers differ in length")
+    probs = last_token_probs(lm, prompts)
+    return [mean_answer_prob(row, answer_token_ids(lm, a)) for row, a in zip(probs, answers, strict=True)]
+
+
+@torch.no_grad()
+def greedy(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 8) -> list[str]:
+    """Greedy continuations of ``prompts`` (text after the prompt, special tokens removed)."""
+    batch = encode(lm, prompts)
+    pad_id = lm.tokenizer.pad_token_id
+    out = lm.model.generate(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad_id,
+    )
+    new_tokens = out[:, batch.input_ids.shape[1] :]
+    return lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+_LEADING_THE = re.compile(r"^\s*(the\s+)?", re.IGNORECASE)
+
+
+def normalise_answer(text: str) -> str:
+    return _LEADING_THE.sub("", text).strip().casefold()
+
+
+def is_correct(continuation: str, answer: str) -> bool:
+    """Greedy accuracy as CREME.md defines it: the text starts with the answer, after an optional 'the'."""
+    target = normalise_answer(answer)
+    return bool(target) and normalise_answer(continuation).startswith(target)

@@ -1,0 +1,43 @@
+"""One Settings object for every process; environment variables use the prefix ``CREME_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class Settings(BaseSettings):
+    """Configuration of the gateway, the workers and the command line."""
+
+    model_config = SettingsConfigDict(env_prefix="CREME_", extra="ignore")
+
+    model: str = Field(EMBEDDED_MODEL, description="Local HF model directory, or the embedded default.")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = Field("cpu", description="torch device for the model, e.g. cpu, cuda, cuda:1.")
+    cache_dir: Path = Field(Path.home() / ".cache" / "creme", description="Converted model cache.")
+    database_url: str = Field("sqlite:///./creme.db", description="SQLAlchemy URL; Postgres in production.")
+    redis_url: str | None = Field(None, description="Redis URL; unset means the in-process queue.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    worker_id: str | None = Field(None, description="Stable worker name; defaults to host-pid.")
+    heartbeat_seconds: float = 5.0
+    worker_lease_seconds: float = 30.0
+    reconcile_seconds: float = 2.0
+    max_job_attempts: int = 3
+    max_wait_seconds: float = 120.0
+    max_queue_depth: int = 1000
+    max_prompt_chars: int = 2000
+    max_eval_queries: int = 64
+    max_body_bytes: int = 1_000_000
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
