@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import torch
@@ -137,11 +137,12 @@ def run(
     for name in record_inputs:
         pre_hooks.append((lm.model.get_submodule(name), make_input_hook(name)))
 
-    with _resumed(lm, resume) as resume_hooks, attached(forward_hooks, [*resume_hooks, *pre_hooks]):
-        try:
-            trace.logits = lm.model(**batch.model_inputs(), use_cache=False).logits
-        except _ForwardStopped:
-            pass
+    with (
+        _resumed(lm, resume) as resume_hooks,
+        attached(forward_hooks, [*resume_hooks, *pre_hooks]),
+        suppress(_ForwardStopped),
+    ):
+        trace.logits = lm.model(**batch.model_inputs(), use_cache=False).logits
     return trace
 
 
