@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -87,7 +87,7 @@ class Base(DeclarativeBase):
     """Declarative base with a constraint naming convention shared by models and migrations."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
 
 
 class Edit(Base):
@@ -127,9 +127,7 @@ class EditDelta(Base):
 
     __tablename__ = "edit_deltas"
 
-    edit_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("edits.id", ondelete="CASCADE"), primary_key=True
-    )
+    edit_id: Mapped[str] = mapped_column(String(36), ForeignKey("edits.id", ondelete="CASCADE"), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
     shapes: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -19,7 +19,10 @@ class QueueUnavailable(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One delivery of a job id to a consumer; acknowledge it with `JobQueue.ack`."""
+    """One delivery of a job id to a consumer; acknowledge it with `JobQueue.ack`.
+
+    `delivery_id` names the queue entry and stays the same when a reclaim redelivers it.
+    """
 
     job_id: str
     delivery_id: str
