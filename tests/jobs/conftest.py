@@ -7,7 +7,6 @@ are skipped, or fail when CI=true.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,24 +16,6 @@ import redis
 
 from service.jobs import InProcessQueue, JobQueue
 from service.jobs.redis_queue import RedisQueue
-
-REDIS_URL = os.environ.get("CREME_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The test Redis URL, after checking the server answers."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        reason = f"Redis at {REDIS_URL} is unreachable ({exc}); start it or set CREME_TEST_REDIS_URL"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    finally:
-        client.close()
-    return REDIS_URL
 
 
 @pytest.fixture
