@@ -14,6 +14,7 @@ from service.engine.hooks import Resume, Trace, block_path, run
 from service.engine.loading import LoadedModel
 from service.engine.prompts import Batch, encode
 from service.engine.weights import add_in_place, restored_after
+from service.settings import EMBEDDED_MODEL
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "{}", "Human: {}", "User: {}", "Hello world. {}", "I love China! {}",
@@ -200,3 +201,15 @@ def _report(
         value_shift_norm=float((value_star - value_c.float()).norm()),
         fit_residual=float(residual),
     )
+
+
+EMBEDDED_DEFAULT_LAYERS = tuple(range(10, 21))  # measured on the embedded SmolLM2-135M: see README
+
+
+def default_layers(lm: LoadedModel) -> list[int]:
+    """The default edit band: measured for the embedded model; else the published 17-23 of 32, scaled."""
+    if lm.name == EMBEDDED_MODEL and lm.n_layers == 30:
+        return list(EMBEDDED_DEFAULT_LAYERS)
+    n = lm.n_layers
+    start, stop = round(n * 17 / 32), round(n * 23 / 32)
+    return list(range(min(start, n - 1), min(max(stop, start), n - 1) + 1))

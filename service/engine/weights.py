@@ -56,6 +56,16 @@ class WeightState:
             raise KeyError(f"edit {edit_id} is not active on this model")
         self.set_active([(i, d) for i, d in self._active if i != edit_id])
 
+    @contextmanager
+    def trial(self, edit_id: str, delta: EditDelta) -> Iterator[None]:
+        """Apply ``delta`` for the duration of the block, then restore the previous state exactly."""
+        previous = list(self._active)
+        self.set_active([*previous, (edit_id, delta)])
+        try:
+            yield
+        finally:
+            self.set_active(previous)
+
     def set_active(self, edits: Sequence[tuple[str, EditDelta]]) -> None:
         """Bring the weights to exactly ``edits`` (ordered). All-or-nothing: on error nothing changes."""
         for _, delta in edits:

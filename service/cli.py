@@ -1,0 +1,150 @@
+"""The ``creme`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.settings import Settings, get_settings
+
+
+def parse_layers(text: str) -> list[int]:
+    """'10-20' → 10..20; '3,5,7' → [3, 5, 7]; mixed '3,10-12' works too."""
+    layers: set[int] = set()
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                first, last = (int(x) for x in part.split("-", 1))
+                if first > last:
+                    raise ValueError
+                layers.update(range(first, last + 1))
+            elif part.strip():
+                layers.add(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"layers must look like '10-20' or '3,5,7', not {text!r}") from None
+    if not layers:
+        raise argparse.ArgumentTypeError("no layers given")
+    return sorted(layers)
+
+
+def _load(settings: Settings):
+    from service.engine.loading import load_model
+
+    print(f"loading {settings.model} ...", file=sys.stderr)
+    return load_model(settings.model, cache_dir=settings.cache_dir, dtype=settings.dtype, device=settings.device)
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from service.cases import CaseFormatError, load_cases
+    from service.dataset_eval import CaseOutcome, evaluate_dataset
+
+    try:
+        cases = load_cases(args.data, limit=args.limit)
+    except (OSError, CaseFormatError) as exc:
+        print(f"creme eval: {exc}", file=sys.stderr)
+        return 2
+    lm = _load(settings)
+    bar: tqdm | None = None
+    print(f"checking {len(cases)} cases for compositional failures ...", file=sys.stderr)
+
+    def on_gap(gap) -> None:
+        nonlocal bar
+        print(
+            f"first hop right: {gap.hop1_acc:.1%}; both hops right: {gap.both_hops}; "
+            f"composition failed on {len(gap.failing_ids)} of those",
+            file=sys.stderr,
+        )
+        bar = tqdm(total=len(gap.failing_ids), desc="edit+evaluate+revert", unit="case", file=sys.stderr)
+        print(f"{'case':<18} {'p(answer) before → after':>26}  greedy before → after", file=sys.stderr)
+
+    def on_case(outcome: CaseOutcome) -> None:
+        row = outcome.to_dict()
+        change = f"{_fmt_p(row['p_pre'])} → {_fmt_p(row['p_post'])}"
+        texts = f"{row['greedy_pre'].strip()[:28]!r} → {row['greedy_post'].strip()[:28]!r}"
+        if bar is not None:
+            bar.write(f"{outcome.id:<18} {change:>26}  {texts}")
+            bar.update(1)
+
+    report = evaluate_dataset(lm, cases, layers=args.layers, on_gap=on_gap, on_case=on_case)
+    if bar is not None:
+        bar.close()
+    _print_summary(report["summary"])
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    print(
+        f"\nmodel {summary['model']}, layers {summary['layers'][0]}-{summary['layers'][-1]}: "
+        f"{summary['n_failing']} failing of {summary['n_cases']} cases; "
+        f"median edit {summary['edit_seconds_median'] or 0:.2f} s"
+    )
+    columns = [
+        ("n", "n", "{:d}"),
+        ("win pre", "win_rate_pre", "{:.1%}"),
+        ("win post", "win_rate_post", "{:.1%}"),
+        ("greedy pre", "greedy_acc_pre", "{:.1%}"),
+        ("greedy post", "greedy_acc_post", "{:.1%}"),
+        ("p rose", "share_increased", "{:.1%}"),
+        ("mean rel Δp", "mean_rel_change", "{:+.2f}"),
+        ("leak rel Δ", "leakage_mean_rel_change", "{:+.2f}"),
+    ]
+    print(f"{'set':<15}" + "".join(f"{title:>12}" for title, _, _ in columns))
+    for name in ("correction", "paraphrase", "generalization", "specificity"):
+        metrics = summary[name]
+        cells = [fmt.format(metrics[key]) if metrics.get(key) is not None else "-" for _, key, fmt in columns]
+        print(f"{name:<15}" + "".join(f"{cell:>12}" for cell in cells))
+
+
+def cmd_lens(args: argparse.Namespace, settings: Settings) -> int:
+    from service.engine.lens import format_lens_table, logit_lens
+
+    lm = _load(settings)
+    result = logit_lens(lm, args.prompt, args.target, top_k=args.top_k, apply_final_norm=not args.no_final_norm)
+    print(format_lens_table(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="creme", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="edit, evaluate and revert every compositional failure of a JSONL dataset")
+    ev.add_argument("data", type=Path, help="JSONL file of two-hop cases")
+    ev.add_argument("--limit", type=int, default=None, help="read only the first N cases")
+    ev.add_argument("--layers", type=parse_layers, default=None, help="edit band, e.g. 10-20 (default: per model)")
+    ev.add_argument("--json", type=Path, default=None, help="write the full report here")
+    ev.set_defaults(func=cmd_eval)
+
+    lens = sub.add_parser("lens", help="print the per-layer Logit Lens of a prompt")
+    lens.add_argument("prompt")
+    lens.add_argument("--target", action="append", default=[], help="a string to track (repeatable)")
+    lens.add_argument("--top-k", type=int, default=5)
+    lens.add_argument("--no-final-norm", action="store_true", help="skip the final norm (as the published code)")
+    lens.set_defaults(func=cmd_lens)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    return int(args.func(args, get_settings()) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
