@@ -89,7 +89,9 @@ def test_safetensors_round_trip_and_tamper_detection(smol: LoadedModel, deltas: 
     data = deltas[0].to_bytes()
     back = delta_from_bytes(data, expected_sha256=sha256_hex(data))
     assert back.layers == deltas[0].layers and back.base_fingerprint == smol.fingerprint
-    assert all(torch.equal(a.r, b.r) and torch.equal(a.u, b.u) for a, b in zip(back.factors, deltas[0].factors, strict=True))
+    assert all(
+        torch.equal(a.r, b.r) and torch.equal(a.u, b.u) for a, b in zip(back.factors, deltas[0].factors, strict=True)
+    )
     tampered = data[:-4] + b"\x00\x00\xc0\x7f"
     with pytest.raises(InvalidDeltaError, match="sha256"):
         delta_from_bytes(tampered, expected_sha256=sha256_hex(data))
