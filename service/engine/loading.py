@@ -136,6 +136,6 @@ def load_model(
         model=network,
         tokenizer=tokenizer,
         adapter=adapter,
-        name=EMBEDDED_MODEL if model == EMBEDDED_MODEL else str(directory),
+        name=model,  # as configured, so the gateway and every worker agree on it
         fingerprint=parameters_fingerprint(network),
     )

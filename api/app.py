@@ -1,0 +1,51 @@
+"""The gateway's FastAPI application factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import install_problem_handlers
+from api.metrics import Metrics
+from api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from api.routers import analyses, edits, health, jobs, model, query
+from service.jobs.queue import JobQueue
+from service.settings import Settings
+from service.usecases.validation import Limits
+
+DESCRIPTION = (
+    "Find, explain and reversibly patch the two-hop questions a language model gets wrong (CREME). "
+    "Errors are RFC 9457 `application/problem+json`; long work answers `202` with the job's `Location`, "
+    "and `Prefer: wait=N` holds the request until the job finishes."
+)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    session_factory: sessionmaker[Session],
+    queue: JobQueue,
+    n_layers: int | None = None,
+) -> FastAPI:
+    """The HTTP API over ``session_factory`` and ``queue`` (both owned, and closed, by the caller).
+
+    ``n_layers``, when known, bounds the layers a request may name; otherwise any layer in
+    ``0..1023`` is accepted here and the worker rejects layers the model lacks.
+    """
+    app = FastAPI(title="CREME model-editing service", version="1", description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.session_factory = session_factory
+    app.state.queue = queue
+    app.state.n_layers = n_layers
+    app.state.limits = Limits.from_settings(settings, n_layers)
+    app.state.metrics = Metrics(
+        session_factory, queue, base_model=settings.model, lease_seconds=settings.worker_lease_seconds
+    )
+    install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    routers = (edits.router, jobs.router, analyses.router, query.router, model.router, health.router)
+    for router in routers:
+        app.include_router(router)
+    routes = [route for router in routers for route in router.routes]
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=routes)  # outermost: sees all
+    return app

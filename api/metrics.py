@@ -1,0 +1,89 @@
+"""Prometheus metrics: HTTP requests by route and status, and job/queue/state gauges read at scrape time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.jobs.queue import JobQueue, QueueUnavailable
+from service.usecases.jobs import job_counts, job_duration_stats
+from service.usecases.model import model_status
+
+log = logging.getLogger(__name__)
+
+JOB_DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+class _StateCollector:
+    """Reads the queue depth, job counts and durations, and the model state when scraped."""
+
+    def __init__(self, factory: sessionmaker[Session], queue: JobQueue, base_model: str, lease_seconds: float) -> None:
+        self.factory = factory
+        self.queue = queue
+        self.base_model = base_model
+        self.lease_seconds = lease_seconds
+
+    def describe(self) -> list[Metric]:
+        return []  # collected lazily: the database is read only when scraped
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            depth = GaugeMetricFamily("creme_queue_depth", "Job ids queued or pending in the queue transport.")
+            depth.add_metric([], float(self.queue.depth()))
+            yield depth
+        except QueueUnavailable as exc:
+            log.warning("metrics: queue depth unavailable: %s", exc)
+        try:
+            with self.factory() as session:
+                counts = job_counts(session)
+                durations = job_duration_stats(session, JOB_DURATION_BUCKETS)
+                status = model_status(session, self.base_model, self.lease_seconds)
+        except SQLAlchemyError as exc:
+            log.warning("metrics: database unavailable: %s", type(exc).__name__)
+            return
+        jobs = GaugeMetricFamily("creme_jobs", "Jobs in the database by kind and status.", labels=["kind", "status"])
+        for (kind, job_status), n in sorted(counts.items()):
+            jobs.add_metric([kind, job_status], float(n))
+        yield jobs
+        hist = HistogramMetricFamily(
+            "creme_job_duration_seconds", "Run time of finished jobs.", labels=["kind", "status"]
+        )
+        for kind, job_status, cumulative, count, total in durations:
+            buckets: list[tuple[str, float]] = [
+                (str(b), float(c)) for b, c in zip(JOB_DURATION_BUCKETS, cumulative, strict=True)
+            ]
+            buckets.append(("+Inf", float(count)))
+            hist.add_metric([kind, job_status], buckets, total)
+        yield hist
+        version = GaugeMetricFamily("creme_state_version", "Desired model-state version.", labels=["base_model"])
+        version.add_metric([self.base_model], float(status.state_version))
+        yield version
+        live = GaugeMetricFamily("creme_live_workers", "Workers with a fresh heartbeat.", labels=["base_model"])
+        live.add_metric([self.base_model], float(len(status.live_workers)))
+        yield live
+
+
+class Metrics:
+    """The gateway's metrics in a registry of its own (one per app, so apps never collide)."""
+
+    def __init__(
+        self, factory: sessionmaker[Session], queue: JobQueue, *, base_model: str, lease_seconds: float
+    ) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["method", "route", "status"]
+        self.requests = Counter("creme_http_requests", "HTTP requests handled.", labels, registry=self.registry)
+        self.latency = Histogram(
+            "creme_http_request_duration_seconds", "HTTP request latency.", labels, registry=self.registry
+        )
+        self.registry.register(_StateCollector(factory, queue, base_model, lease_seconds))  # type: ignore[arg-type]
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        labels: dict[str, Any] = {"method": method, "route": route, "status": str(status)}
+        self.requests.labels(**labels).inc()
+        self.latency.labels(**labels).observe(seconds)

@@ -1,0 +1,70 @@
+"""``/v1/analyses``: Logit Lens, locating, intervention and compositionality-gap jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from api.deps import SessionDep
+from api.routers import jobrun
+from api.schemas import AnalysisAccepted, JobOut, job_out, problems
+from service.jobs.payloads import CompositionalityPayload, InterventionPayload, LocatePayload, LogitLensPayload
+from service.usecases.jobs import ANALYSIS_KINDS, get_job, is_terminal
+
+router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
+
+PreferHeader = Annotated[str | None, Header(description="`wait=N`: hold the request up to N seconds.")]
+IdempotencyHeader = Annotated[str | None, Header(max_length=255)]
+_RESPONSES = {200: {"model": JobOut, "description": "Finished within `Prefer: wait`."}} | problems(413, 422, 503)
+
+
+async def _submit(request: Request, kind: str, body: BaseModel, prefer: str | None, key: str | None) -> JSONResponse:
+    job = await jobrun.submit(request, kind, body, key)
+    job, headers = await jobrun.wait(request, job, prefer, default=None)
+    if is_terminal(job):
+        return JSONResponse(job_out(job).model_dump(mode="json"), status_code=200, headers=headers)
+    return jobrun.accepted(job, headers, analysis=True)
+
+
+@router.post("/logit-lens", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
+async def logit_lens(
+    body: LogitLensPayload, request: Request, prefer: PreferHeader = None, idempotency_key: IdempotencyHeader = None
+) -> JSONResponse:
+    """Logit lens: what each layer's residual stream predicts, read out through the unembedding."""
+    return await _submit(request, "logit-lens", body, prefer, idempotency_key)
+
+
+@router.post("/locate", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
+async def locate(
+    body: LocatePayload, request: Request, prefer: PreferHeader = None, idempotency_key: IdempotencyHeader = None
+) -> JSONResponse:
+    """Locating: patch activations from the guide run into the failing run to find where to edit."""
+    return await _submit(request, "locate", body, prefer, idempotency_key)
+
+
+@router.post("/intervention", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
+async def intervention(
+    body: InterventionPayload, request: Request, prefer: PreferHeader = None, idempotency_key: IdempotencyHeader = None
+) -> JSONResponse:
+    """Intervention: suppress the bridge entity in the residual stream and watch p(answer)."""
+    return await _submit(request, "intervention", body, prefer, idempotency_key)
+
+
+@router.post("/compositionality", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
+async def compositionality(
+    body: CompositionalityPayload,
+    request: Request,
+    prefer: PreferHeader = None,
+    idempotency_key: IdempotencyHeader = None,
+) -> JSONResponse:
+    """The compositionality gap: cases whose single hops the model answers but whose composition fails."""
+    return await _submit(request, "compositionality", body, prefer, idempotency_key)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=problems(404, 422, 503))
+def read_analysis(job_id: str, session: SessionDep) -> JobOut:
+    """An analysis job: status, progress, and its result or error."""
+    return job_out(get_job(session, job_id, kinds=ANALYSIS_KINDS))

@@ -1,0 +1,165 @@
+"""``/v1/edits``: submit, list and read edits; apply/revert them; export their delta."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import JSONResponse
+
+from api.deps import ActorDep, FactoryDep, LimitsDep, QueueDep, SessionDep, SettingsDep
+from api.errors import ProblemError
+from api.http import in_session, parse_if_match, parse_prefer_wait, version_etag, wait_for_job
+from api.schemas import (
+    EditAccepted,
+    EditCreate,
+    EditOut,
+    EditPage,
+    EditStatus,
+    Link,
+    StateChange,
+    StateOut,
+    edit_out,
+    edit_url,
+    problems,
+)
+from service.usecases.edits import change_state, get_delta, get_edit, list_edits, submit_edit
+from service.usecases.jobs import is_terminal
+
+router = APIRouter(prefix="/v1/edits", tags=["edits"])
+
+PreferHeader = Annotated[str | None, Header(description="`wait=N`: hold the request up to N seconds.")]
+IdempotencyHeader = Annotated[str | None, Header(max_length=255, description="Replays return the first result.")]
+IfMatchHeader = Annotated[str | None, Header(description='The expected state version, e.g. `"3"`.')]
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=EditAccepted,
+    responses={200: {"model": EditOut, "description": "Finished within `Prefer: wait`."}} | problems(413, 422, 503),
+)
+async def create_edit(
+    body: EditCreate,
+    factory: FactoryDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    limits: LimitsDep,
+    actor: ActorDep,
+    prefer: PreferHeader = None,
+    idempotency_key: IdempotencyHeader = None,
+) -> JSONResponse:
+    """Patch a failing compositional query: store a pending edit and queue its computation."""
+    request = body.model_dump(mode="json")
+    edit, job = await in_session(
+        factory,
+        lambda s: submit_edit(
+            s,
+            queue,
+            request,
+            base_model=settings.model,
+            limits=limits,
+            idempotency_key=idempotency_key,
+            actor=actor,
+        ),
+    )
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    wait = parse_prefer_wait(prefer)
+    if wait is not None:
+        wait = min(wait, settings.max_wait_seconds)
+        headers["Preference-Applied"] = f"wait={wait:g}"
+        job = await wait_for_job(factory, job.id, wait)
+        if is_terminal(job):
+            edit = await in_session(factory, lambda s: get_edit(s, edit.id))
+            headers["Content-Location"] = edit_url(edit.id)
+            return JSONResponse(edit_out(edit).model_dump(mode="json"), status_code=200, headers=headers)
+    accepted = EditAccepted(
+        id=edit.id, status=edit.status, url=edit_url(edit.id), job=Link(id=job.id, url=f"/v1/jobs/{job.id}")
+    )
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
+
+
+@router.get("", response_model=EditPage, responses=problems(422, 503))
+def list_edits_route(
+    session: SessionDep,
+    status: EditStatus | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> EditPage:
+    """Edits newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    page = list_edits(session, status=status, cursor=cursor, limit=limit)
+    return EditPage(items=[edit_out(e) for e in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{edit_id}", response_model=EditOut, responses=problems(404, 422, 503))
+def read_edit(edit_id: str, session: SessionDep) -> EditOut:
+    """One edit with its status, metrics, layers, delta norms and history."""
+    return edit_out(get_edit(session, edit_id))
+
+
+def _change(
+    action: Literal["apply", "revert"],
+    edit_id: str,
+    if_match: str | None,
+    session: SessionDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    actor: str,
+    response: Response,
+) -> StateChange:
+    expected = parse_if_match(if_match)
+    edit, state = change_state(session, queue, edit_id, action, expected, actor, base_model=settings.model)
+    response.headers["ETag"] = version_etag(state.version)
+    return StateChange(edit=edit_out(edit), state=StateOut(version=state.version, active_edits=state.active_edit_ids))
+
+
+@router.post("/{edit_id}/apply", response_model=StateChange, responses=problems(404, 409, 412, 422, 503))
+def apply_route(
+    edit_id: str,
+    session: SessionDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    actor: ActorDep,
+    response: Response,
+    if_match: IfMatchHeader = None,
+) -> StateChange:
+    """Add a computed (or reverted) edit to the desired model state; the workers follow."""
+    return _change("apply", edit_id, if_match, session, queue, settings, actor, response)
+
+
+@router.post("/{edit_id}/revert", response_model=StateChange, responses=problems(404, 409, 412, 422, 503))
+def revert_route(
+    edit_id: str,
+    session: SessionDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    actor: ActorDep,
+    response: Response,
+    if_match: IfMatchHeader = None,
+) -> StateChange:
+    """Remove an applied edit from the desired model state; the workers restore the exact weights."""
+    return _change("revert", edit_id, if_match, session, queue, settings, actor, response)
+
+
+@router.get(
+    "/{edit_id}/delta",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "safetensors"}}
+    | problems(404, 422, 500, 503),
+)
+def download_delta(
+    edit_id: str, session: SessionDep, if_none_match: Annotated[str | None, Header()] = None
+) -> Response:
+    """The edit's per-layer factors as a safetensors file (ETag: its sha256)."""
+    delta = get_delta(session, edit_id)
+    etag = f'"{delta.sha256}"'
+    if hashlib.sha256(delta.data).hexdigest() != delta.sha256:
+        raise ProblemError(500, f"the stored delta of edit {edit_id} does not match its sha256", slug="delta-corrupt")
+    if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(
+        content=delta.data,
+        media_type="application/octet-stream",
+        headers={"ETag": etag, "Content-Disposition": f'attachment; filename="edit-{edit_id}.safetensors"'},
+    )

@@ -1,0 +1,67 @@
+"""Submitting a non-edit job from a route, and answering with its outcome after an optional wait."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from api.errors import PROBLEM_MEDIA_TYPE, problem_type
+from api.http import in_session, parse_prefer_wait, wait_for_job
+from api.schemas import AnalysisAccepted, job_out, job_url
+from service.db.models import Job
+from service.usecases.jobs import submit_job
+
+_JOB_STATUS_PROBLEM = {"failed": 500, "cancelled": 409}
+
+
+async def submit(request: Request, kind: str, body: BaseModel, idempotency_key: str | None) -> Job:
+    """Validate and queue a job of ``kind`` with ``body`` as its payload."""
+    state = request.app.state
+    payload = body.model_dump(mode="json")
+    return await in_session(
+        state.session_factory,
+        lambda s: submit_job(s, state.queue, kind, payload, limits=state.limits, idempotency_key=idempotency_key),
+    )
+
+
+async def wait(request: Request, job: Job, prefer: str | None, default: float | None) -> tuple[Job, dict[str, str]]:
+    """Wait for ``job`` per ``Prefer: wait`` (else ``default`` seconds), capped at max_wait_seconds."""
+    cap = request.app.state.settings.max_wait_seconds
+    asked = parse_prefer_wait(prefer)
+    headers: dict[str, str] = {"Location": job_url(job)}
+    seconds = default if asked is None else asked
+    if seconds is None:
+        return job, headers
+    seconds = min(seconds, cap)
+    if asked is not None:
+        headers["Preference-Applied"] = f"wait={seconds:g}"
+    return await wait_for_job(request.app.state.session_factory, job.id, seconds), headers
+
+
+def failure(request: Request, job: Job, headers: dict[str, str]) -> JSONResponse:
+    """A failed or cancelled job as a problem: the worker's stored problem, with the job id."""
+    stored: dict[str, Any] = job.error if isinstance(job.error, dict) else {}
+    status = stored.get("status")
+    if not (isinstance(status, int) and 400 <= status < 600):
+        status = _JOB_STATUS_PROBLEM.get(job.status, 500)
+    body = {
+        "type": problem_type(f"job-{job.status}"),
+        "title": f"Job {job.status}",
+        "detail": f"job {job.id} {job.status}",
+        **stored,
+        "status": status,
+        "instance": request.url.path,
+        "job_id": job.id,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def accepted(job: Job, headers: dict[str, str], *, analysis: bool) -> JSONResponse:
+    """202 with where to poll the job."""
+    if analysis:
+        body = AnalysisAccepted(id=job.id, kind=job.kind, status=job.status, url=job_url(job))  # type: ignore[arg-type]
+        return JSONResponse(body.model_dump(mode="json"), status_code=202, headers=headers)
+    return JSONResponse(job_out(job).model_dump(mode="json"), status_code=202, headers=headers)

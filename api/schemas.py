@@ -1,0 +1,286 @@
+"""Request and response bodies of the API (separate from the ORM models) and their conversions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.db.models import Edit, Job
+from service.usecases.model import ModelStatus
+from service.usecases.validation import EditRequest, ProbeRequest
+
+EditStatus = Literal["pending", "computing", "computed", "applied", "reverted", "failed"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKind = Literal["edit", "logit-lens", "locate", "intervention", "compositionality", "generate", "score"]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem; extension members (``errors``, ``current_version``, ...) may follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+
+
+class EditCreate(EditRequest):
+    """``POST /v1/edits``: a failing two-hop query to patch."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompt": "The capital of the country where Mount Fuji is located is",
+                    "hop1_phrase": "the country where Mount Fuji is located",
+                    "bridge": "Japan",
+                    "answer": "Tokyo",
+                    "apply": "if_improved",
+                }
+            ]
+        },
+    )
+
+
+class Link(BaseModel):
+    id: str
+    url: str
+
+
+class EditAccepted(BaseModel):
+    """202 answer to an edit submission: where the edit stands and the job computing it."""
+
+    id: str
+    status: EditStatus
+    url: str
+    job: Link
+
+
+class EditOut(BaseModel):
+    """An edit: its request, status, layers, metrics and history."""
+
+    id: str
+    status: EditStatus
+    url: str
+    base_model: str
+    base_fingerprint: str | None
+    prompt: str
+    hop1_phrase: str
+    bridge: str
+    answer: str
+    paraphrases: list[str]
+    generalization: list[ProbeRequest]
+    specificity: list[ProbeRequest]
+    layers: list[int] | None = Field(description="The edited layers; null until the worker chose them.")
+    method: str
+    apply: str
+    metrics: dict[str, Any] | None
+    delta_norms: Any = Field(None, description="Per-layer Frobenius norms of ΔW, as the worker reported them.")
+    state_version: int | None = Field(description="The model-state version the edit was computed on.")
+    error: dict[str, Any] | None
+    actor: str | None
+    created_at: datetime
+    updated_at: datetime
+    applied_at: datetime | None
+    reverted_at: datetime | None
+    job_id: str | None
+
+
+class EditPage(BaseModel):
+    items: list[EditOut]
+    next_cursor: str | None
+
+
+class StateOut(BaseModel):
+    version: int
+    active_edits: list[str]
+
+
+class StateChange(BaseModel):
+    """The edit after an apply/revert and the desired model state it produced."""
+
+    edit: EditOut
+    state: StateOut
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    step: int | None = None
+    total: int | None = None
+    message: str | None = None
+
+
+class JobOut(BaseModel):
+    """A job: status, progress, and its result or error (a problem object)."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    url: str
+    payload: dict[str, Any]
+    progress: Progress
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class AnalysisAccepted(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobStatus
+    url: str
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str
+    status: str
+    fingerprint: str
+    state_version: int
+    weights_checksum: str | None
+    last_heartbeat: datetime
+    alive: bool
+
+
+class ModelOut(BaseModel):
+    """The desired model state and each worker's; ``converged`` iff every live worker is at it."""
+
+    base_model: str
+    fingerprint: str | None
+    state_version: int
+    active_edits: list[str]
+    workers: list[WorkerOut]
+    converged: bool
+
+
+class AnswerProbability(BaseModel):
+    answer: str
+    probability: float
+
+
+class ScoreOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str
+    answers: list[AnswerProbability]
+
+
+class GenerateOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str
+    text: str
+
+
+def edit_url(edit_id: str) -> str:
+    return f"/v1/edits/{edit_id}"
+
+
+def job_url(job: Job) -> str:
+    kind_is_analysis = job.kind in ("logit-lens", "locate", "intervention", "compositionality")
+    return f"/v1/analyses/{job.id}" if kind_is_analysis else f"/v1/jobs/{job.id}"
+
+
+def edit_out(edit: Edit) -> EditOut:
+    request = edit.request or {}
+    metrics = edit.metrics if isinstance(edit.metrics, dict) else None
+    return EditOut(
+        id=edit.id,
+        status=edit.status,  # type: ignore[arg-type]
+        url=edit_url(edit.id),
+        base_model=edit.base_model,
+        base_fingerprint=edit.base_fingerprint or None,
+        prompt=edit.prompt,
+        hop1_phrase=edit.hop1_phrase,
+        bridge=edit.bridge,
+        answer=edit.answer,
+        paraphrases=request.get("paraphrases") or [],
+        generalization=request.get("generalization") or [],
+        specificity=request.get("specificity") or [],
+        layers=list(edit.layers) if edit.layers else None,
+        method=edit.method,
+        apply=edit.apply_policy,
+        metrics=metrics,
+        delta_norms=metrics.get("delta_norms") if metrics else None,
+        state_version=edit.computed_on_version,
+        error=edit.error,
+        actor=edit.actor,
+        created_at=edit.created_at,
+        updated_at=edit.updated_at,
+        applied_at=edit.applied_at,
+        reverted_at=edit.reverted_at,
+        job_id=edit.job_id,
+    )
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id,
+        kind=job.kind,  # type: ignore[arg-type]
+        status=job.status,  # type: ignore[arg-type]
+        url=job_url(job),
+        payload=job.payload or {},
+        progress=Progress.model_validate(job.progress or {}),
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        cancel_requested=job.cancel_requested,
+        result=job.result,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def model_out(status: ModelStatus) -> ModelOut:
+    return ModelOut(
+        base_model=status.base_model,
+        fingerprint=status.fingerprint,
+        state_version=status.state_version,
+        active_edits=status.active_edits,
+        workers=[
+            WorkerOut(
+                id=w.id,
+                host=w.host,
+                status=w.status,
+                fingerprint=w.model_fingerprint,
+                state_version=w.state_version,
+                weights_checksum=w.weights_checksum,
+                last_heartbeat=w.last_heartbeat,
+                alive=w.alive,
+            )
+            for w in status.workers
+        ],
+        converged=status.converged,
+    )
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting problem answers with these status codes."""
+    from http import HTTPStatus
+
+    ref = {"$ref": "#/components/schemas/Problem"}
+    return {
+        code: {
+            "model": Problem,
+            "description": HTTPStatus(code).phrase,
+            "content": {"application/problem+json": {"schema": ref}},
+        }
+        for code in codes
+    }

@@ -1,0 +1,68 @@
+"""Time CREME edits on the embedded model: the fast schedule against the published reference schedule.
+
+Usage: python benchmarks/edit_latency.py [--repeats 5] [--layers 10-20] [--out benchmarks/results/edit_latency.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from service.cases import load_cases
+from service.cli import parse_layers
+from service.engine.creme import CompositionalQuery, compute_edit, default_layers
+from service.engine.loading import load_model
+from service.settings import get_settings
+
+CASES = Path(__file__).resolve().parents[1] / "tests" / "data" / "mquake_sample.jsonl"
+FAILING = ("mquake-2hop-0072", "mquake-2hop-0085", "mquake-2hop-0158", "mquake-2hop-0295", "mquake-2hop-0394")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5, help="edits per schedule (cases cycle)")
+    parser.add_argument("--layers", type=parse_layers, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/edit_latency.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    settings = get_settings()
+    lm = load_model(settings.model, cache_dir=settings.cache_dir, dtype=settings.dtype, device=settings.device)
+    layers = args.layers or default_layers(lm)
+    cases = [c for c in load_cases(CASES) if c.id in FAILING]
+    queries = [CompositionalQuery(c.compositional, c.hop1_phrase, c.bridge) for c in cases]
+    compute_edit(lm, queries[0], layers)  # warm-up
+    seconds: dict[str, list[float]] = {"fast": [], "reference": []}
+    for i in range(args.repeats):
+        for schedule in ("fast", "reference"):  # interleaved, so load changes hit both alike
+            started = time.perf_counter()
+            compute_edit(lm, queries[i % len(queries)], layers, schedule=schedule)
+            seconds[schedule].append(time.perf_counter() - started)
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    report = {
+        "model": lm.name,
+        "device": str(lm.device),
+        "dtype": str(next(lm.model.parameters()).dtype),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "layers": layers,
+        "templates": 22,
+        "repeats": args.repeats,
+        "seconds": seconds,
+        "median_seconds": medians,
+        "speedup": medians["reference"] / medians["fast"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(json.dumps({k: report[k] for k in ("layers", "median_seconds", "speedup")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Edit use-cases: submit, read, list, apply/revert (the desired model state), and the stored delta."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db.models import EDIT_STATUSES, Edit, EditDelta, Job, ModelState, new_uuid
+from service.db.state import NotFound, StateConflict, VersionMismatch, apply_edit, revert_edit
+from service.jobs.payloads import EditPayload
+from service.jobs.queue import JobQueue, QueueUnavailable
+from service.usecases.errors import ConflictError, InvalidRequest, NotFoundError, PreconditionFailed
+from service.usecases.jobs import check_capacity, enqueue_after_commit, find_idempotent, new_job, request_hash
+from service.usecases.pagination import Page, paginate
+from service.usecases.validation import Limits, validate_edit_request
+
+log = logging.getLogger(__name__)
+
+STATE_NUDGE = "state"
+_STATE_RETRIES = 3
+
+
+def submit_edit(
+    session: Session,
+    queue: JobQueue,
+    request: Mapping[str, Any],
+    *,
+    base_model: str,
+    limits: Limits | None = None,
+    idempotency_key: str | None = None,
+    actor: str | None = None,
+) -> tuple[Edit, Job]:
+    """Validate ``request``, commit a pending edit and its ``edit`` job together, then enqueue the job.
+
+    A replay with the same ``idempotency_key`` and request returns the first edit and job.
+    Raises :class:`InvalidRequest`, :class:`QueueFull` or :class:`IdempotencyConflict` before writing.
+    """
+    limits = limits or Limits()
+    data = validate_edit_request(request, limits)
+    req_hash = request_hash("edit", {"base_model": base_model, **data})
+    if idempotency_key and (replay := _replay(session, idempotency_key, req_hash)):
+        return replay
+    check_capacity(session, limits)
+    edit_id = new_uuid()
+    job = new_job("edit", EditPayload(edit_id=edit_id).model_dump(), limits, idempotency_key, req_hash)
+    edit = Edit(
+        id=edit_id,
+        status="pending",
+        prompt=data["prompt"],
+        hop1_phrase=data["hop1_phrase"],
+        bridge=data["bridge"],
+        answer=data["answer"],
+        request=data,
+        layers=data["layers"] or [],
+        method=data["method"],
+        apply_policy=data["apply"],
+        base_model=base_model,
+        base_fingerprint="",
+        job_id=job.id,
+        actor=actor,
+        created_at=job.created_at,
+        updated_at=job.created_at,
+    )
+    session.add_all([job, edit])
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key and (replay := _replay(session, idempotency_key, req_hash)):
+            return replay
+        raise
+    enqueue_after_commit(queue, job.id)
+    return edit, job
+
+
+def _replay(session: Session, key: str, req_hash: str) -> tuple[Edit, Job] | None:
+    job = find_idempotent(session, key, "edit", req_hash)
+    if job is None:
+        return None
+    edit = session.scalars(select(Edit).where(Edit.job_id == job.id)).one()
+    return edit, job
+
+
+def get_edit(session: Session, edit_id: str) -> Edit:
+    """The edit ``edit_id`` fresh from the database, or :class:`NotFoundError`."""
+    edit = session.get(Edit, edit_id, populate_existing=True)
+    if edit is None:
+        raise NotFoundError(f"edit {edit_id} not found")
+    return edit
+
+
+def list_edits(
+    session: Session,
+    *,
+    status: str | None = None,
+    base_model: str | None = None,
+    cursor: str | None = None,
+    limit: int = 20,
+) -> Page[Edit]:
+    """Edits newest first, optionally only those with ``status`` (or of ``base_model``)."""
+    if status is not None and status not in EDIT_STATUSES:
+        msg = f"must be one of {list(EDIT_STATUSES)}"
+        raise InvalidRequest([{"loc": ["query", "status"], "msg": msg, "type": "enum"}])
+    stmt = select(Edit)
+    if status is not None:
+        stmt = stmt.where(Edit.status == status)
+    if base_model is not None:
+        stmt = stmt.where(Edit.base_model == base_model)
+    return paginate(session, stmt, Edit, cursor, limit)
+
+
+def change_state(
+    session: Session,
+    queue: JobQueue,
+    edit_id: str,
+    action: Literal["apply", "revert"],
+    expected_version: int | None,
+    actor: str | None,
+    *,
+    base_model: str,
+) -> tuple[Edit, ModelState]:
+    """Apply or revert an edit on ``base_model``'s desired state, then nudge the workers.
+
+    With ``expected_version`` the change happens only from that version (else
+    :class:`PreconditionFailed`); without it, a concurrent change is retried. Raises
+    :class:`NotFoundError`, or :class:`ConflictError` when the edit's status does not allow it.
+    """
+    transition = apply_edit if action == "apply" else revert_edit
+    for attempt in range(1, _STATE_RETRIES + 1):
+        try:
+            state = transition(session, base_model, edit_id, expected_version=expected_version, actor=actor)
+            break
+        except NotFound as exc:
+            raise NotFoundError(str(exc)) from None
+        except StateConflict as exc:
+            raise ConflictError(str(exc)) from None
+        except VersionMismatch as exc:
+            if expected_version is not None:
+                raise PreconditionFailed(exc.current, expected_version) from None
+            if attempt == _STATE_RETRIES:
+                raise ConflictError(f"the model state kept changing concurrently: {exc}") from None
+    try:
+        queue.publish_nudge(STATE_NUDGE)
+    except QueueUnavailable as exc:
+        log.warning("state changed to version %s but the nudge failed (workers poll): %s", state.version, exc)
+    return get_edit(session, edit_id), state
+
+
+def get_delta(session: Session, edit_id: str) -> EditDelta:
+    """The stored delta of an edit; :class:`NotFoundError` if the edit or its delta does not exist."""
+    edit = get_edit(session, edit_id)
+    delta = session.get(EditDelta, edit_id)
+    if delta is None:
+        raise NotFoundError(f"edit {edit_id} has no delta (status {edit.status})")
+    return delta

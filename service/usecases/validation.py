@@ -1,0 +1,193 @@
+"""Validation of edit requests and job payloads, complete before anything is written.
+
+Structural checks come from pydantic models; the limits that depend on configuration (text length,
+number of evaluation queries, the model's layer count) and the cross-field rules (the hop-1 phrase
+must occur in the prompt) are checked here, and every problem found is reported at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.jobs.payloads import PAYLOADS
+from service.settings import Settings
+from service.usecases.errors import InvalidRequest
+
+MAX_LAYERS_UNKNOWN = 1024
+CASE_TEXT_FIELDS = ("compositional", "hop1_phrase", "bridge", "hop2", "answer")
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The request limits in force; ``n_layers`` is None when the model's depth is not known here."""
+
+    max_prompt_chars: int = 2000
+    max_eval_queries: int = 64
+    max_queue_depth: int = 1000
+    max_job_attempts: int = 3
+    n_layers: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, n_layers: int | None = None) -> Limits:
+        return cls(
+            max_prompt_chars=settings.max_prompt_chars,
+            max_eval_queries=settings.max_eval_queries,
+            max_queue_depth=settings.max_queue_depth,
+            max_job_attempts=settings.max_job_attempts,
+            n_layers=n_layers,
+        )
+
+
+class ProbeRequest(BaseModel):
+    """A cloze prompt and the answer expected after it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+
+
+class EditRequest(BaseModel):
+    """A failing two-hop query to patch, with optional evaluation sets and options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="The compositional prompt the model gets wrong.")
+    hop1_phrase: str = Field(min_length=1, description="The first-hop phrase; must occur in the prompt.")
+    bridge: str = Field(min_length=1, description="The bridge entity the first hop resolves to.")
+    answer: str = Field(min_length=1, description="The correct final answer.")
+    paraphrases: list[str] = Field(default_factory=list, description="Paraphrased questions.")
+    generalization: list[ProbeRequest] = Field(default_factory=list)
+    specificity: list[ProbeRequest] = Field(default_factory=list)
+    layers: list[int] | None = Field(None, description="Layers to edit; null lets the worker choose.")
+    method: Literal["creme"] = "creme"
+    apply: Literal["always", "if_improved", "never"] = "if_improved"
+
+
+def _error(loc: Loc, msg: str, kind: str) -> dict[str, Any]:
+    return {"loc": list(loc), "msg": msg, "type": kind}
+
+
+def _pydantic_errors(exc: ValidationError, prefix: Loc) -> list[dict[str, Any]]:
+    return [_error((*prefix, *e["loc"]), e["msg"], e["type"]) for e in exc.errors()]
+
+
+def _check_text(value: Any, loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
+    if not isinstance(value, str):
+        errors.append(_error(loc, "Input should be a valid string", "string_type"))
+    elif not value.strip():
+        errors.append(_error(loc, "must not be empty or only whitespace", "string_blank"))
+    elif len(value) > limits.max_prompt_chars:
+        msg = f"must be at most {limits.max_prompt_chars} characters (got {len(value)})"
+        errors.append(_error(loc, msg, "string_too_long"))
+
+
+def _check_hop1(prompt: str, hop1: str, loc: Loc, errors: list[dict[str, Any]]) -> None:
+    if hop1.strip() and hop1.casefold() not in prompt.casefold():
+        errors.append(_error(loc, f"{hop1!r} does not occur in the prompt", "hop1_not_in_prompt"))
+
+
+def _check_layers(layers: Sequence[int] | None, loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
+    if layers is None:
+        return
+    if not layers:
+        errors.append(_error(loc, "must name at least one layer, or be null for the default", "too_short"))
+    bound = limits.n_layers if limits.n_layers is not None else MAX_LAYERS_UNKNOWN
+    for i, layer in enumerate(layers):
+        if not 0 <= layer < bound:
+            errors.append(_error((*loc, i), f"unknown layer {layer}: the model has layers 0..{bound - 1}", "layer"))
+    if len(set(layers)) != len(layers):
+        errors.append(_error(loc, "layers must not repeat", "layers_repeated"))
+
+
+def _check_count(count: int, loc: Loc, what: str, limits: Limits, errors: list[dict[str, Any]]) -> None:
+    if count > limits.max_eval_queries:
+        msg = f"{count} {what} exceed the limit of {limits.max_eval_queries}"
+        errors.append(_error(loc, msg, "too_many_queries"))
+
+
+def validate_edit_request(raw: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
+    """The normalised request (the JSON stored on the edit row), or :class:`InvalidRequest` with every error."""
+    prefix: Loc = ("body",)
+    try:
+        req = EditRequest.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise InvalidRequest(_pydantic_errors(exc, prefix)) from None
+    errors: list[dict[str, Any]] = []
+    for name in ("prompt", "hop1_phrase", "bridge", "answer"):
+        _check_text(getattr(req, name), (*prefix, name), limits, errors)
+    _check_hop1(req.prompt, req.hop1_phrase, (*prefix, "hop1_phrase"), errors)
+    for i, question in enumerate(req.paraphrases):
+        _check_text(question, (*prefix, "paraphrases", i), limits, errors)
+    for name in ("generalization", "specificity"):
+        for i, probe in enumerate(getattr(req, name)):
+            _check_text(probe.prompt, (*prefix, name, i, "prompt"), limits, errors)
+            _check_text(probe.answer, (*prefix, name, i, "answer"), limits, errors)
+    total = len(req.paraphrases) + len(req.generalization) + len(req.specificity)
+    what = "evaluation queries (paraphrases + generalization + specificity)"
+    _check_count(total, prefix, what, limits, errors)
+    _check_layers(req.layers, (*prefix, "layers"), limits, errors)
+    if errors:
+        raise InvalidRequest(errors)
+    return req.model_dump(mode="json")
+
+
+def _check_case(case: Mapping[str, Any], loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
+    for name in CASE_TEXT_FIELDS:
+        if name not in case:
+            errors.append(_error((*loc, name), "Field required", "missing"))
+        else:
+            _check_text(case[name], (*loc, name), limits, errors)
+    questions = case.get("questions", [])
+    if not isinstance(questions, list):
+        errors.append(_error((*loc, "questions"), "Input should be a valid list", "list_type"))
+    else:
+        for i, question in enumerate(questions):
+            _check_text(question, (*loc, "questions", i), limits, errors)
+    for name in ("generalization", "specificity"):
+        probes = case.get(name, [])
+        if not isinstance(probes, list):
+            errors.append(_error((*loc, name), "Input should be a valid list", "list_type"))
+            continue
+        for i, probe in enumerate(probes):
+            if not isinstance(probe, Mapping):
+                errors.append(_error((*loc, name, i), "Input should be a valid dictionary", "dict_type"))
+                continue
+            for key in ("cloze", "answer"):
+                _check_text(probe.get(key), (*loc, name, i, key), limits, errors)
+
+
+def validate_payload(kind: str, raw: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
+    """The payload to store for a job of ``kind`` (not ``edit``), or :class:`InvalidRequest`."""
+    if kind == "edit" or kind not in PAYLOADS:
+        raise ValueError(f"not a payload kind for submit_job: {kind!r}")
+    prefix: Loc = ("body",)
+    try:
+        payload = PAYLOADS[kind].model_validate(dict(raw))
+    except ValidationError as exc:
+        raise InvalidRequest(_pydantic_errors(exc, prefix)) from None
+    data = payload.model_dump(mode="json")
+    errors: list[dict[str, Any]] = []
+    for name in ("prompt", "hop1_phrase", "bridge", "answer"):
+        if name in data:
+            _check_text(data[name], (*prefix, name), limits, errors)
+    if kind == "locate":
+        _check_hop1(data["prompt"], data["hop1_phrase"], (*prefix, "hop1_phrase"), errors)
+    for name in ("targets", "answers"):
+        for i, text in enumerate(data.get(name, [])):
+            _check_text(text, (*prefix, name, i), limits, errors)
+        _check_count(len(data.get(name, [])), (*prefix, name), name, limits, errors)
+    if kind == "intervention":
+        _check_layers(data["layers"], (*prefix, "layers"), limits, errors)
+    if kind == "compositionality":
+        _check_count(len(data["cases"]), (*prefix, "cases"), "cases", limits, errors)
+        for i, case in enumerate(data["cases"]):
+            _check_case(case, (*prefix, "cases", i), limits, errors)
+    if errors:
+        raise InvalidRequest(errors)
+    return data
