@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup serve test lint bench
 

@@ -1,0 +1,108 @@
+"""Helpers for the worker tests: rows for jobs and edits, waiting, and a failing case."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import Edit, EditDelta, Job, utcnow
+from service.engine.delta import EditDelta as Delta
+from service.engine.delta import sha256_hex
+from service.engine.loading import LoadedModel
+
+# MQuAKE (MIT), via Li et al. 2024 ("Understanding and Patching Compositional Reasoning in LLMs"):
+# case mquake-2hop-0072, trimmed to one paraphrase and one specificity query. The embedded model
+# answers both hops but not the composition; CREME on layers 12-14 raises p(Asia).
+CASE = {
+    "prompt": "The continent that the country that Uma Bharti is a citizen of is located in is",
+    "hop1_phrase": "the country that Uma Bharti is a citizen of",
+    "bridge": "India",
+    "answer": "Asia",
+    "paraphrases": ["In which continent is the country of citizenship of Uma Bharti located?"],
+    "generalization": [],
+    "specificity": [
+        {
+            "prompt": "The continent that the country that Sigur Rós was created in is located in is",
+            "answer": "Europe",
+        }
+    ],
+}
+
+Factory = sessionmaker[Session]
+
+
+def add_job(factory: Factory, kind: str, payload: dict[str, Any], *, age: float = 0.0, **columns: Any) -> str:
+    """Insert a job row (queued unless told otherwise), created ``age`` seconds ago; return its id."""
+    with factory() as session:
+        job = Job(kind=kind, payload=payload, created_at=utcnow() - timedelta(seconds=age), **columns)
+        session.add(job)
+        session.commit()
+        return job.id
+
+
+def add_edit(
+    factory: Factory,
+    lm: LoadedModel,
+    *,
+    delta: Delta | None = None,
+    data: bytes | None = None,
+    sha256: str | None = None,
+    status: str = "pending",
+    layers: list[int] | None = None,
+    apply_policy: str = "if_improved",
+    base_fingerprint: str | None = None,
+    request: dict[str, Any] | None = None,
+) -> str:
+    """Insert an edit of ``lm`` for CASE, with a stored delta when ``delta`` or ``data`` is given."""
+    request = dict(CASE if request is None else request)
+    with factory() as session:
+        edit = Edit(
+            status=status,
+            prompt=CASE["prompt"],
+            hop1_phrase=CASE["hop1_phrase"],
+            bridge=CASE["bridge"],
+            answer=CASE["answer"],
+            request=request,
+            layers=layers or [],
+            apply_policy=apply_policy,
+            base_model=lm.name,
+            base_fingerprint=lm.fingerprint if base_fingerprint is None else base_fingerprint,
+        )
+        if delta is not None or data is not None:
+            raw = data if data is not None else delta.to_bytes()  # type: ignore[union-attr]
+            shapes = delta.shapes() if delta is not None else {}
+            edit.delta = EditDelta(data=raw, sha256=sha256 or sha256_hex(raw), shapes=shapes)
+        session.add(edit)
+        session.commit()
+        return edit.id
+
+
+def get(factory: Factory, model: type, key: str) -> Any:
+    with factory() as session:
+        return session.get(model, key)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def finished_job(factory: Factory, job_id: str, timeout: float = 60.0) -> Job:
+    """The job row once it is terminal."""
+
+    def done() -> Job | None:
+        job = get(factory, Job, job_id)
+        return job if job.status in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for(done, timeout, f"job {job_id} to finish")
