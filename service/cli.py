@@ -118,6 +118,61 @@ def cmd_lens(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from service.db.migrate import current_revision, upgrade
+
+    upgrade(settings.database_url)
+    print(f"database at revision {current_revision(settings.database_url)}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.worker import main as worker_main
+
+    worker_main(settings)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The gateway; plus one in-process worker on the loaded model when no Redis is configured."""
+    import uvicorn
+
+    from api import create_app
+    from service.db import make_engine, make_session_factory
+    from service.db.migrate import current_revision, head_revision, upgrade
+    from service.jobs import make_queue
+    from workers.worker import Worker
+
+    host, port = args.host or settings.host, args.port or settings.port
+    embedded = settings.redis_url is None
+    if embedded:
+        upgrade(settings.database_url)
+    elif current_revision(settings.database_url) != head_revision():
+        print("creme serve: the database is not migrated; run `creme migrate` first", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.database_url)
+    factory = make_session_factory(engine)
+    queue = make_queue(settings.redis_url)
+    worker: Worker | None = None
+    n_layers: int | None = None
+    if embedded:
+        lm = _load(settings)
+        n_layers = lm.n_layers
+        worker = Worker(settings, lm, factory, queue)
+        worker.start()
+    app = create_app(settings, session_factory=factory, queue=queue, n_layers=n_layers)
+    mode = "embedded (in-process queue and worker)" if embedded else "gateway (Redis queue, separate workers)"
+    print(f"creme serve: {mode} on http://{host}:{port}", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info" if args.verbose else "warning")
+    finally:
+        if worker is not None:
+            worker.stop()
+        queue.close()
+        engine.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="creme", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -136,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     lens.add_argument("--top-k", type=int, default=5)
     lens.add_argument("--no-final-norm", action="store_true", help="skip the final norm (as the published code)")
     lens.set_defaults(func=cmd_lens)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (with an in-process worker unless CREME_REDIS_URL is set)")
+    serve.add_argument("--host", default=None, help="bind address (default CREME_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default CREME_PORT, 8000)")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a worker process: load the model, consume jobs from Redis")
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
+    migrate.set_defaults(func=cmd_migrate)
     return parser
 
 
