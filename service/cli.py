@@ -140,7 +140,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from api import create_app
     from service.db import make_engine, make_session_factory
     from service.db.migrate import current_revision, head_revision, upgrade
-    from service.jobs import make_queue
+    from service.jobs import queue_for
     from workers.worker import Worker
 
     host, port = args.host or settings.host, args.port or settings.port
@@ -152,7 +152,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
-    queue = make_queue(settings.redis_url)
+    queue = queue_for(settings)
     worker: Worker | None = None
     n_layers: int | None = None
     if embedded:

@@ -361,14 +361,14 @@ def main(settings: Settings | None = None) -> None:
     """``creme worker``: load the model, connect, and run until SIGTERM/SIGINT (twice: exit now)."""
     from service.db.session import make_engine, make_session_factory
     from service.engine.loading import load_model
-    from service.jobs import make_queue
+    from service.jobs import queue_for
     from service.settings import get_settings
 
     settings = settings or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     lm = load_model(settings.model, cache_dir=settings.cache_dir, dtype=settings.dtype, device=settings.device)
     engine = make_engine(settings.database_url)
-    queue = make_queue(settings.redis_url)
+    queue = queue_for(settings)
     worker = Worker(settings, lm, make_session_factory(engine), queue)
 
     def on_signal(signum: int, _frame: Any) -> None:

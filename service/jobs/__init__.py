@@ -12,6 +12,7 @@ from service.jobs.queue import Delivery, JobQueue, NudgeSubscription, QueueUnava
 
 if TYPE_CHECKING:
     from service.jobs.redis_queue import RedisQueue
+    from service.settings import Settings
 
 __all__ = [
     "Delivery",
@@ -21,6 +22,7 @@ __all__ = [
     "QueueUnavailable",
     "RedisQueue",
     "make_queue",
+    "queue_for",
 ]
 
 
@@ -42,3 +44,11 @@ def make_queue(redis_url: str | None, **redis_options: Any) -> JobQueue:
     from service.jobs.redis_queue import RedisQueue  # imported lazily: redis stays an edge
 
     return RedisQueue(redis_url, **redis_options)
+
+
+def queue_for(settings: Settings) -> JobQueue:
+    """The queue the settings describe: Redis (stream and channel under ``queue_prefix``) or in-process."""
+    if not settings.redis_url:
+        return InProcessQueue()
+    prefix = settings.queue_prefix
+    return make_queue(settings.redis_url, stream=f"{prefix}:jobs", nudge_channel=f"{prefix}:nudge")
