@@ -66,14 +66,14 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         bar = tqdm(total=len(gap.failing_ids), desc="edit+evaluate+revert", unit="case", file=sys.stderr)
-        print(f"{'case':<18} {'p(answer) before → after':>26}  greedy before → after", file=sys.stderr)
+        bar.write(f"{'case':<18} {'p(answer) before → after':>26}  greedy before → after", file=sys.stdout)
 
     def on_case(outcome: CaseOutcome) -> None:
         row = outcome.to_dict()
         change = f"{_fmt_p(row['p_pre'])} → {_fmt_p(row['p_post'])}"
         texts = f"{row['greedy_pre'].strip()[:28]!r} → {row['greedy_post'].strip()[:28]!r}"
         if bar is not None:
-            bar.write(f"{outcome.id:<18} {change:>26}  {texts}")
+            bar.write(f"{outcome.id:<18} {change:>26}  {texts}", file=sys.stdout)
             bar.update(1)
 
     report = evaluate_dataset(lm, cases, layers=args.layers, on_gap=on_gap, on_case=on_case)
