@@ -50,3 +50,9 @@ def test_database_url_points_at_the_postgres_service() -> None:
     pg = compose["services"]["postgres"]["environment"]
     url = compose["services"]["api"]["environment"]["CREME_DATABASE_URL"]
     assert f"{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}" in url
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (COMPOSE.parent / "README.md").read_text()
+    missing = [f"CREME_{name.upper()}" for name in Settings.model_fields if f"CREME_{name.upper()}" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"
