@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.auth import authorize
 from api.errors import install_problem_handlers
 from api.metrics import Metrics
 from api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from api.routers import analyses, edits, health, jobs, model, query
+from api.schemas import problems
 from service.jobs.queue import JobQueue
 from service.settings import Settings
 from service.usecases.validation import Limits
@@ -16,7 +18,8 @@ from service.usecases.validation import Limits
 DESCRIPTION = (
     "Find, explain and reversibly patch the two-hop questions a language model gets wrong (CREME). "
     "Errors are RFC 9457 `application/problem+json`; long work answers `202` with the job's `Location`, "
-    "and `Prefer: wait=N` holds the request until the job finishes."
+    "and `Prefer: wait=N` holds the request until the job finishes. Once an API key exists, `/v1` needs "
+    "`Authorization: Bearer <key>` (scopes: `read` for GET, `edit` for the rest)."
 )
 
 
@@ -43,9 +46,11 @@ def create_app(
     )
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    routers = (edits.router, jobs.router, analyses.router, query.router, model.router, health.router)
-    for router in routers:
-        app.include_router(router)
+    protected = (edits.router, jobs.router, analyses.router, query.router, model.router)
+    for router in protected:
+        app.include_router(router, dependencies=[Depends(authorize)], responses=problems(401, 403))
+    app.include_router(health.router)  # /healthz, /readyz, /metrics: open, like /docs and /openapi.json
+    routers = (*protected, health.router)
     routes = [route for router in routers for route in router.routes]
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=routes)  # outermost: sees all
     return app

@@ -41,6 +41,7 @@ _SLUGS = {
     413: "payload-too-large",
     415: "unsupported-media-type",
     422: "validation",
+    429: "too-many-requests",
     500: "internal",
     503: "unavailable",
 }
@@ -172,7 +173,7 @@ async def _on_idempotency(request: Request, exc: Exception) -> JSONResponse:
 async def _on_queue_full(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, QueueFull)
     return problem_response(
-        503,
+        429,
         str(exc),
         slug="queue-full",
         title="Too many queued jobs",
@@ -227,3 +228,25 @@ def install_problem_handlers(app: FastAPI) -> None:
         app.add_exception_handler(db_error, _on_database)
     app.add_exception_handler(QueueUnavailable, _on_queue)
     app.add_exception_handler(Exception, _on_unexpected)
+    _document_problems_only(app)
+
+
+def _document_problems_only(app: FastAPI) -> None:
+    """Document problem answers as ``application/problem+json`` only, the one type they are sent with.
+
+    FastAPI also lists ``application/json`` for every response that names a model; that entry is
+    dropped wherever a problem+json one stands beside it.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            for item in generate().get("paths", {}).values():
+                for operation in item.values():
+                    for response in operation.get("responses", {}).values() if isinstance(operation, dict) else ():
+                        content = response.get("content", {})
+                        if PROBLEM_MEDIA_TYPE in content:
+                            content.pop("application/json", None)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]

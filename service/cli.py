@@ -8,9 +8,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from service.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from service.db.models import ApiKey
 
 
 def parse_layers(text: str) -> list[int]:
@@ -137,11 +142,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """The gateway; plus one in-process worker on the loaded model when no Redis is configured."""
     import uvicorn
 
-    from api import create_app
     from service.db import make_engine, make_session_factory
     from service.db.migrate import current_revision, head_revision, upgrade
-    from service.jobs import queue_for
-    from workers.worker import Worker
+    from service.keys import BindRefused, check_bind_allowed
 
     host, port = args.host or settings.host, args.port or settings.port
     embedded = settings.redis_url is None
@@ -152,6 +155,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
+    try:  # before the (slow) imports and model load, so a refusal is immediate
+        check_bind_allowed(host, factory, require_auth=settings.require_auth)
+    except BindRefused as exc:
+        print(f"creme serve: {exc}", file=sys.stderr)
+        engine.dispose()
+        return 2
+
+    from api import create_app
+    from service.jobs import queue_for
+    from workers.worker import Worker
+
     queue = queue_for(settings)
     worker: Worker | None = None
     n_layers: int | None = None
@@ -173,7 +187,72 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _key_row(key: ApiKey) -> dict[str, Any]:
+    def stamp(value: datetime | None) -> str | None:
+        return value.isoformat(timespec="seconds") if value is not None else None
+
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "scopes": list(key.scopes),
+        "created_at": stamp(key.created_at),
+        "last_used_at": stamp(key.last_used_at),
+        "revoked_at": stamp(key.revoked_at),
+    }
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    """Create, list or revoke API keys in the (migrated) database at ``settings.database_url``."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service import keys
+    from service.db import make_engine, make_session_factory
+    from service.db.migrate import current_revision, head_revision
+    from service.usecases.errors import UseCaseError
+
+    try:
+        migrated = current_revision(settings.database_url) == head_revision()
+    except SQLAlchemyError as exc:
+        print(f"creme keys: cannot reach the database: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    if not migrated:
+        print("creme keys: the database is not migrated; run `creme migrate` first", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            if args.keys_command == "create":
+                key, token = keys.create_key(session, args.name, args.scopes or ["read"])
+                print(f"created key {key.id} {key.name!r} with scopes {','.join(key.scopes)}", file=sys.stderr)
+                print("the key is shown only this once; store it now:", file=sys.stderr)
+                print(token)
+            elif args.keys_command == "list":
+                rows = [_key_row(k) for k in keys.list_keys(session)]
+                if args.json:
+                    print(json.dumps(rows, indent=2))
+                    return 0
+                for row in rows:
+                    state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+                    used = row["last_used_at"] or "never"
+                    print(
+                        f"{row['id']}  {keys.KEY_PREFIX}{row['prefix']}…  {','.join(row['scopes']):<15} "
+                        f"{state:<33} last used {used:<25} {row['name']}"
+                    )
+            else:
+                key = keys.revoke_key(session, args.key)
+                print(f"revoked key {key.id} ({keys.KEY_PREFIX}{key.prefix}…, {key.name!r})")
+    except (ValueError, UseCaseError) as exc:
+        print(f"creme keys {args.keys_command}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from service.db.models import API_SCOPES
+
     parser = argparse.ArgumentParser(prog="creme", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
     migrate.set_defaults(func=cmd_migrate)
+
+    keys = sub.add_parser("keys", help="create, list or revoke API keys (stored only as sha256 hashes)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it (once) on stdout")
+    create.add_argument("name", help="who or what the key is for")
+    create.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        choices=API_SCOPES,
+        help="read, edit or admin (repeatable; default read); admin implies edit implies read",
+    )
+    listing = keys_sub.add_parser("list", help="list keys: id, display prefix, scopes, last use, revocation")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key; requests with it get 401 from then on")
+    revoke.add_argument("key", help="the key's id or its display prefix")
+    keys.set_defaults(func=cmd_keys)
     return parser
 
 

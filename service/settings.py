@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     max_prompt_chars: int = 2000
     max_eval_queries: int = 64
     max_body_bytes: int = 1_000_000
+    require_auth: bool = Field(False, description="Require an API key on /v1 even while no key exists.")
 
 
 @lru_cache

@@ -33,7 +33,7 @@ from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
 from service.jobs.claims import ClaimLost, claim, extend_lease, finish, is_cancel_requested, problem, release, sweep
 from service.jobs.queue import Delivery, JobQueue, NudgeSubscription, QueueUnavailable
-from service.jobs.runner import JobContext, problem_for, run_job
+from service.jobs.runner import DATABASE_UNAVAILABLE, JobContext, problem_for, run_job
 from service.reconcile import Reconciler, record_worker
 from service.settings import Settings
 
@@ -322,6 +322,10 @@ class Worker:
                 self._release(job.id)
                 return
             status, error = "cancelled", problem("job-cancelled", "job cancelled", 409, "cancelled on request")
+        except DATABASE_UNAVAILABLE as exc:
+            # Not a failure of the job: leave it running; its lease expires and the sweep retries it.
+            log.warning("worker %s: the database failed during job %s, to be retried: %s", self.worker_id, job.id, exc)
+            return
         except Exception as exc:
             error = problem_for(exc)
             status = "failed"

@@ -17,8 +17,10 @@ from service.usecases.jobs import ANALYSIS_KINDS, get_job, is_terminal
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 
 PreferHeader = Annotated[str | None, Header(description="`wait=N`: hold the request up to N seconds.")]
-IdempotencyHeader = Annotated[str | None, Header(max_length=255)]
-_RESPONSES = {200: {"model": JobOut, "description": "Finished within `Prefer: wait`."}} | problems(413, 422, 503)
+IdempotencyHeader = Annotated[str | None, Header(min_length=1, max_length=255)]
+_RESPONSES = {200: {"model": JobOut, "description": "Finished within `Prefer: wait`."}} | problems(
+    400, 413, 422, 429, 503
+)
 
 
 async def _submit(request: Request, kind: str, body: BaseModel, prefer: str | None, key: str | None) -> JSONResponse:

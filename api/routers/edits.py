@@ -30,7 +30,9 @@ from service.usecases.jobs import is_terminal
 router = APIRouter(prefix="/v1/edits", tags=["edits"])
 
 PreferHeader = Annotated[str | None, Header(description="`wait=N`: hold the request up to N seconds.")]
-IdempotencyHeader = Annotated[str | None, Header(max_length=255, description="Replays return the first result.")]
+IdempotencyHeader = Annotated[
+    str | None, Header(min_length=1, max_length=255, description="Replays return the first result.")
+]
 IfMatchHeader = Annotated[str | None, Header(description='The expected state version, e.g. `"3"`.')]
 
 
@@ -38,7 +40,8 @@ IfMatchHeader = Annotated[str | None, Header(description='The expected state ver
     "",
     status_code=202,
     response_model=EditAccepted,
-    responses={200: {"model": EditOut, "description": "Finished within `Prefer: wait`."}} | problems(413, 422, 503),
+    responses={200: {"model": EditOut, "description": "Finished within `Prefer: wait`."}}
+    | problems(400, 413, 422, 429, 503),
 )
 async def create_edit(
     body: EditCreate,
@@ -107,9 +110,12 @@ def _change(
     settings: SettingsDep,
     actor: str,
     response: Response,
+    idempotency_key: str | None = None,
 ) -> StateChange:
     expected = parse_if_match(if_match)
-    edit, state = change_state(session, queue, edit_id, action, expected, actor, base_model=settings.model)
+    edit, state = change_state(
+        session, queue, edit_id, action, expected, actor, base_model=settings.model, idempotency_key=idempotency_key
+    )
     response.headers["ETag"] = version_etag(state.version)
     return StateChange(edit=edit_out(edit), state=StateOut(version=state.version, active_edits=state.active_edit_ids))
 
@@ -123,9 +129,10 @@ def apply_route(
     actor: ActorDep,
     response: Response,
     if_match: IfMatchHeader = None,
+    idempotency_key: IdempotencyHeader = None,
 ) -> StateChange:
     """Add a computed (or reverted) edit to the desired model state; the workers follow."""
-    return _change("apply", edit_id, if_match, session, queue, settings, actor, response)
+    return _change("apply", edit_id, if_match, session, queue, settings, actor, response, idempotency_key)
 
 
 @router.post("/{edit_id}/revert", response_model=StateChange, responses=problems(404, 409, 412, 422, 503))
@@ -137,9 +144,10 @@ def revert_route(
     actor: ActorDep,
     response: Response,
     if_match: IfMatchHeader = None,
+    idempotency_key: IdempotencyHeader = None,
 ) -> StateChange:
     """Remove an applied edit from the desired model state; the workers restore the exact weights."""
-    return _change("revert", edit_id, if_match, session, queue, settings, actor, response)
+    return _change("revert", edit_id, if_match, session, queue, settings, actor, response, idempotency_key)
 
 
 @router.get(

@@ -15,8 +15,10 @@ from service.jobs.payloads import GeneratePayload, ScorePayload
 router = APIRouter(prefix="/v1", tags=["query"])
 
 PreferHeader = Annotated[str | None, Header(description="`wait=N`: wait at most N seconds (default: the cap).")]
-IdempotencyHeader = Annotated[str | None, Header(max_length=255)]
-_RESPONSES = {202: {"model": JobOut, "description": "Still running; poll the job."}} | problems(413, 422, 500, 503)
+IdempotencyHeader = Annotated[str | None, Header(min_length=1, max_length=255)]
+_RESPONSES = {202: {"model": JobOut, "description": "Still running; poll the job."}} | problems(
+    400, 409, 413, 422, 429, 500, 503
+)
 
 
 async def _answer(

@@ -148,7 +148,10 @@ class ModelState(Base):
 
 
 class StateEvent(Base):
-    """Append-only audit log of apply/revert transitions; ``version`` is the version they produced."""
+    """Append-only audit log of apply/revert transitions; ``version`` is the version they produced.
+
+    ``idempotency_key`` and ``request_hash`` let a retried apply/revert replay its first outcome.
+    """
 
     __tablename__ = "state_events"
     __table_args__ = (Index("ix_state_events_base_model_version", "base_model", "version"),)
@@ -160,6 +163,8 @@ class StateEvent(Base):
     edit_id: Mapped[str] = mapped_column(String(36), index=True)
     actor: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 def _initial_progress() -> dict[str, Any]:

@@ -103,6 +103,8 @@ def _transition(
     new_active: Callable[[list[str]], list[str]],
     expected_version: int | None,
     actor: str | None,
+    idempotency_key: str | None,
+    request_hash: str | None,
 ) -> ModelState:
     try:
         edit = session.get(Edit, edit_id, populate_existing=True)
@@ -137,6 +139,8 @@ def _transition(
                 edit_id=edit_id,
                 actor=actor,
                 created_at=now,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
             )
         )
         session.commit()
@@ -195,11 +199,14 @@ def apply_edit(
     *,
     expected_version: int | None = None,
     actor: str | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
 ) -> ModelState:
     """Append a computed or reverted edit to the active list and bump the version (one transaction).
 
     Raises :class:`NotFound`, :class:`StateConflict` (wrong status, other base model, no delta) or
-    :class:`VersionMismatch` (``expected_version`` is stale, or the state moved concurrently).
+    :class:`VersionMismatch` (``expected_version`` is stale, or the state moved concurrently). The
+    event records ``idempotency_key`` (unique: a reused key raises ``IntegrityError``) and ``request_hash``.
     """
 
     def add(active: list[str]) -> list[str]:
@@ -215,6 +222,8 @@ def apply_edit(
         new_active=add,
         expected_version=expected_version,
         actor=actor,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
     )
 
 
@@ -225,6 +234,8 @@ def revert_edit(
     *,
     expected_version: int | None = None,
     actor: str | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
 ) -> ModelState:
     """Remove an applied edit from the active list and bump the version (one transaction).
 
@@ -245,4 +256,6 @@ def revert_edit(
         new_active=remove,
         expected_version=expected_version,
         actor=actor,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
     )

@@ -118,18 +118,27 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
 ) -> LoadedModel:
-    """Load a supported causal LM offline, in eval mode, with left padding and no gradients."""
+    """Load a supported causal LM offline, in eval mode, with left padding and no gradients.
+
+    Weights are read only from safetensors files; a directory with only a pickle checkpoint
+    raises :class:`ModelLoadError`.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if dtype not in _DTYPES:
         raise ModelLoadError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
     cache_dir = cache_dir or Path.home() / ".cache" / "creme"
     directory = resolve_model_dir(model, cache_dir)
+    if not any(directory.glob("*.safetensors")):
+        raise ModelLoadError(
+            f"{directory} has no safetensors weights; only safetensors is loaded "
+            "(pickle checkpoints such as pytorch_model.bin are never read)"
+        )
     config = AutoConfig.from_pretrained(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    network = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=_DTYPES[dtype])
+    network = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=_DTYPES[dtype], use_safetensors=True)
     network.to(device).eval().requires_grad_(False)
     adapter = adapter_for(network)
     return LoadedModel(

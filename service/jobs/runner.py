@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import Edit, EditDelta, Job, utcnow
@@ -35,6 +36,9 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 APPLY_RETRIES = 5
+
+# The database (or the connection to it) failed: no verdict on the job, which is retried once its lease expires.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeoutError)
 
 
 class JobError(Exception):
@@ -239,7 +243,7 @@ def _edit(job: Job, payload: P.EditPayload, ctx: JobContext) -> dict[str, Any]:
                 raise ClaimLost(f"job {job.id} is no longer held by {ctx.worker_id}")
             _set_edit(session, edit.id, ("pending", "computing"), status="computing", error=None)
         return _compute_and_apply(job, edit, ctx)
-    except (EditCancelled, ClaimLost):
+    except (EditCancelled, ClaimLost, *DATABASE_UNAVAILABLE):
         raise
     except Exception as exc:
         try:

@@ -10,11 +10,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.models import EDIT_STATUSES, Edit, EditDelta, Job, ModelState, new_uuid
+from service.db.models import EDIT_STATUSES, Edit, EditDelta, Job, ModelState, StateEvent, new_uuid
 from service.db.state import NotFound, StateConflict, VersionMismatch, apply_edit, revert_edit
 from service.jobs.payloads import EditPayload
 from service.jobs.queue import JobQueue, QueueUnavailable
-from service.usecases.errors import ConflictError, InvalidRequest, NotFoundError, PreconditionFailed
+from service.usecases.errors import (
+    ConflictError,
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFoundError,
+    PreconditionFailed,
+)
 from service.usecases.jobs import check_capacity, enqueue_after_commit, find_idempotent, new_job, request_hash
 from service.usecases.pagination import Page, paginate
 from service.usecases.validation import Limits, validate_edit_request
@@ -88,7 +94,7 @@ def _replay(session: Session, key: str, req_hash: str) -> tuple[Edit, Job] | Non
 
 def get_edit(session: Session, edit_id: str) -> Edit:
     """The edit ``edit_id`` fresh from the database, or :class:`NotFoundError`."""
-    edit = session.get(Edit, edit_id, populate_existing=True)
+    edit = session.get(Edit, edit_id, populate_existing=True) if "\x00" not in edit_id else None  # no NUL in ids
     if edit is None:
         raise NotFoundError(f"edit {edit_id} not found")
     return edit
@@ -123,23 +129,48 @@ def change_state(
     actor: str | None,
     *,
     base_model: str,
+    idempotency_key: str | None = None,
 ) -> tuple[Edit, ModelState]:
     """Apply or revert an edit on ``base_model``'s desired state, then nudge the workers.
 
     With ``expected_version`` the change happens only from that version (else
     :class:`PreconditionFailed`); without it, a concurrent change is retried. Raises
     :class:`NotFoundError`, or :class:`ConflictError` when the edit's status does not allow it.
+    A replay with the same ``idempotency_key`` and request changes nothing and returns the edit (as
+    it is now) and the state as the first request left it; a different request raises
+    :class:`IdempotencyConflict`.
     """
+    if "\x00" in edit_id:  # no id holds NUL (Postgres text cannot)
+        raise NotFoundError(f"edit {edit_id} not found")
+    key = idempotency_key or None
+    req_hash = None
+    if key is not None:
+        req_hash = request_hash(action, {"base_model": base_model, "edit_id": edit_id, "if_match": expected_version})
+        if replay := _state_replay(session, key, req_hash):
+            return replay
     transition = apply_edit if action == "apply" else revert_edit
     for attempt in range(1, _STATE_RETRIES + 1):
         try:
-            state = transition(session, base_model, edit_id, expected_version=expected_version, actor=actor)
+            state = transition(
+                session,
+                base_model,
+                edit_id,
+                expected_version=expected_version,
+                actor=actor,
+                idempotency_key=key,
+                request_hash=req_hash,
+            )
             break
         except NotFound as exc:
             raise NotFoundError(str(exc)) from None
-        except StateConflict as exc:
-            raise ConflictError(str(exc)) from None
-        except VersionMismatch as exc:
+        except (StateConflict, VersionMismatch, IntegrityError) as exc:
+            # A concurrent request with the same key may have won: answer with its outcome.
+            if key is not None and req_hash is not None and (replay := _state_replay(session, key, req_hash)):
+                return replay
+            if isinstance(exc, IntegrityError):
+                raise
+            if isinstance(exc, StateConflict):
+                raise ConflictError(str(exc)) from None
             if expected_version is not None:
                 raise PreconditionFailed(exc.current, expected_version) from None
             if attempt == _STATE_RETRIES:
@@ -149,6 +180,31 @@ def change_state(
     except QueueUnavailable as exc:
         log.warning("state changed to version %s but the nudge failed (workers poll): %s", state.version, exc)
     return get_edit(session, edit_id), state
+
+
+def _state_replay(session: Session, key: str, req_hash: str) -> tuple[Edit, ModelState] | None:
+    """The outcome of the earlier apply/revert made with ``key``, or None; a different request raises."""
+    event = session.scalars(select(StateEvent).where(StateEvent.idempotency_key == key)).one_or_none()
+    if event is None:
+        return None
+    if event.request_hash != req_hash:
+        raise IdempotencyConflict(f"Idempotency-Key {key!r} was already used for a different request")
+    return get_edit(session, event.edit_id), state_at(session, event.base_model, event.version)
+
+
+def state_at(session: Session, base_model: str, version: int) -> ModelState:
+    """The desired state of ``base_model`` as of ``version``, rebuilt from the event log (not stored)."""
+    events = session.scalars(
+        select(StateEvent)
+        .where(StateEvent.base_model == base_model, StateEvent.version <= version)
+        .order_by(StateEvent.version, StateEvent.id)
+    )
+    active: list[str] = []
+    for event in events:
+        active = [e for e in active if e != event.edit_id]
+        if event.action == "apply":
+            active.append(event.edit_id)
+    return ModelState(base_model=base_model, version=version, active_edit_ids=active)
 
 
 def get_delta(session: Session, edit_id: str) -> EditDelta:

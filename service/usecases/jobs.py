@@ -83,7 +83,7 @@ def new_job(kind: str, payload: dict[str, Any], limits: Limits, key: str | None,
         attempts=0,
         max_attempts=limits.max_job_attempts,
         cancel_requested=False,
-        idempotency_key=key,
+        idempotency_key=key or None,  # an empty key is no key (the column is unique)
         request_hash=req_hash,
         created_at=utcnow(),
     )
@@ -124,7 +124,7 @@ def submit_job(
 
 def get_job(session: Session, job_id: str, kinds: Sequence[str] | None = None) -> Job:
     """The job ``job_id`` (fresh from the database), restricted to ``kinds`` if given; else NotFoundError."""
-    job = session.get(Job, job_id, populate_existing=True)
+    job = session.get(Job, job_id, populate_existing=True) if "\x00" not in job_id else None  # no NUL in ids
     if job is None or (kinds is not None and job.kind not in kinds):
         raise NotFoundError(f"job {job_id} not found")
     return job

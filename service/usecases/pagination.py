@@ -38,9 +38,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         stamp, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         created_at = datetime.fromisoformat(stamp)
-        if not isinstance(row_id, str) or created_at.tzinfo is None:
+        if not isinstance(row_id, str) or "\x00" in row_id or created_at.tzinfo is None:
             raise ValueError("malformed cursor")
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        created_at = created_at.astimezone(UTC)  # OverflowError at the ends of the datetime range
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         loc = ["query", "cursor"]
         raise InvalidRequest([{"loc": loc, "msg": "not a cursor returned by this API", "type": "cursor"}]) from None
     return created_at, row_id

@@ -82,6 +82,8 @@ def _check_text(value: Any, loc: Loc, limits: Limits, errors: list[dict[str, Any
         errors.append(_error(loc, "Input should be a valid string", "string_type"))
     elif not value.strip():
         errors.append(_error(loc, "must not be empty or only whitespace", "string_blank"))
+    elif "\x00" in value:
+        errors.append(_error(loc, "must not contain NUL characters", "string_nul"))
     elif len(value) > limits.max_prompt_chars:
         msg = f"must be at most {limits.max_prompt_chars} characters (got {len(value)})"
         errors.append(_error(loc, msg, "string_too_long"))

@@ -113,7 +113,7 @@ def test_oversized_body_is_413_by_content_length_and_by_stream(
     assert snapshot(factory, queue) == before
 
 
-def test_queue_full_is_503_and_changes_nothing(
+def test_queue_full_is_429_and_changes_nothing(
     settings: Settings, factory: sessionmaker[Session], queue: InProcessQueue
 ) -> None:
     app = create_app(settings.model_copy(update={"max_queue_depth": 1}), session_factory=factory, queue=queue)
@@ -121,7 +121,7 @@ def test_queue_full_is_503_and_changes_nothing(
         assert client.post("/v1/edits", json=EDIT_BODY).status_code == 202
         before = snapshot(factory, queue)
         response = client.post("/v1/edits", json=EDIT_BODY)
-        assert_problem(response, 503, "queue-full")
+        assert_problem(response, 429, "queue-full")
         assert response.headers["retry-after"]
         assert snapshot(factory, queue) == before
 

@@ -31,7 +31,7 @@ def _diffs(url: str, metadata: MetaData) -> list[object]:
 def test_script_location_is_the_migrations_package() -> None:
     assert (script_location() / "env.py").is_file()
     assert (script_location() / "script.py.mako").is_file()
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
 
 
 def test_upgrade_from_empty_creates_all_tables(empty_url: str) -> None:
