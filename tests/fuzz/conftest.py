@@ -1,0 +1,188 @@
+"""Fixtures for the fuzz tests: the gateway over a real, seeded database; a tiny LLaMA and CREME deltas."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import schemathesis
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import strategies as st
+from schemathesis import BaseSchema
+from schemathesis.config import SchemathesisConfig
+from sqlalchemy.orm import Session, sessionmaker
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from api import create_app
+from service.db import make_engine, make_session_factory
+from service.db.migrate import upgrade
+from service.engine.creme import CompositionalQuery, compute_edit
+from service.engine.delta import EditDelta
+from service.engine.families import adapter_for
+from service.engine.loading import LoadedModel, load_model, parameters_fingerprint
+from service.jobs import InProcessQueue
+from service.settings import Settings
+from tests.api.support import BASE_MODEL, EDIT_BODY, add_worker
+from tests.api.support import compute_edit as store_computed_edit
+from tests.engine.conftest import cache_dir
+from tests.fixtures.db import BACKENDS, reset_postgres
+
+N_LAYERS = 30
+MAX_EXAMPLES = int(os.environ.get("CREME_FUZZ_EXAMPLES", "25"))
+SEED = int(os.environ.get("CREME_FUZZ_SEED", "20240601"))
+
+
+# The API stays open (no key exists), so no Authorization header is generated; auth has its own tests.
+FUZZ_CONFIG = SchemathesisConfig.from_dict({"generation": {"with-security-parameters": False}})
+CASE = {
+    "compositional": "The capital of the country where Mount Fuji is located is",
+    "hop1_phrase": "the country where Mount Fuji is located",
+    "bridge": "Japan",
+    "hop2": "The capital of Japan is",
+    "answer": "Tokyo",
+}
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """Rows put in the database before fuzzing, so ids in paths sometimes name real ones."""
+
+    edit_ids: tuple[str, ...]
+    job_ids: tuple[str, ...]
+
+
+def fuzz_settings() -> Settings:
+    """Never wait on jobs (no worker runs), and never refuse for queue depth (fuzzing queues many)."""
+    return Settings(
+        model=BASE_MODEL,
+        max_wait_seconds=0.0,
+        max_queue_depth=1_000_000,
+        max_prompt_chars=200,
+        max_eval_queries=4,
+        max_body_bytes=20_000,
+        worker_lease_seconds=3600.0,
+    )
+
+
+def seed(app: FastAPI, factory: sessionmaker[Session]) -> Seeded:
+    """Three edits (two computed with a stored delta, one of them applied), two more jobs, a live worker."""
+    edit_ids: list[str] = []
+    job_ids: list[str] = []
+    with TestClient(app) as client:
+        for i in range(3):
+            body = {**EDIT_BODY, "answer": f"Tokyo {i}"}
+            response = client.post("/v1/edits", json=body)
+            assert response.status_code == 202, response.text
+            edit_ids.append(response.json()["id"])
+            job_ids.append(response.json()["job"]["id"])
+        for edit_id in edit_ids[:2]:
+            store_computed_edit(factory, edit_id)
+        response = client.post(f"/v1/edits/{edit_ids[0]}/apply")
+        assert response.status_code == 200, response.text
+        response = client.post("/v1/score", json={"prompt": "The capital of Japan is", "answers": ["Tokyo"]})
+        assert response.status_code == 202, response.text
+        job_ids.append(response.json()["id"])
+        response = client.post("/v1/analyses/logit-lens", json={"prompt": "The capital of Japan is"})
+        assert response.status_code == 202, response.text
+        job_ids.append(response.json()["id"])
+    add_worker(factory, "fuzz-worker", version=1)
+    return Seeded(edit_ids=tuple(edit_ids), job_ids=tuple(job_ids))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def fuzz_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[sessionmaker[Session]]:
+    """A migrated database shared by one module's tests on each backend (state builds up as in use)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'creme.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        reset_postgres(url)
+    upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_factory: sessionmaker[Session]) -> Iterator[BaseSchema]:
+    """The app's own OpenAPI schema, loaded over ASGI, with seeded ids mixed into path parameters."""
+    queue = InProcessQueue()
+    app = create_app(fuzz_settings(), session_factory=fuzz_factory, queue=queue, n_layers=N_LAYERS)
+    seeded = seed(app, fuzz_factory)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=FUZZ_CONFIG)
+    known = {"edit_id": seeded.edit_ids, "job_id": seeded.job_ids}
+
+    @schema.hook
+    def flatmap_path_parameters(context: object, path_parameters: dict[str, Any] | None) -> st.SearchStrategy:
+        """Keep the generated id, or swap in one that exists (as is, or with a NUL appended)."""
+        if not isinstance(path_parameters, dict):
+            return st.just(path_parameters)
+        choices = [st.just(path_parameters)]
+        for name, ids in known.items():
+            if name in path_parameters:
+                variants = st.sampled_from(ids) | st.sampled_from(ids).map(lambda i: i + "\x00")
+                choices.append(variants.map(lambda v, n=name: {**path_parameters, n: v}))
+        return st.one_of(choices)
+
+    @schema.hook
+    def flatmap_body(context: object, body: Any) -> st.SearchStrategy:
+        """Sometimes mend what the schema cannot say, so generated bodies pass validation and reach the database."""
+        if not isinstance(body, dict):
+            return st.just(body)
+        mended = dict(body)
+        if isinstance(body.get("prompt"), str) and isinstance(body.get("hop1_phrase"), str):
+            mended["prompt"] = f"{body['prompt']} {body['hop1_phrase']}"  # the hop-1 phrase occurs in the prompt
+        if isinstance(body.get("cases"), list):
+            mended["cases"] = [CASE]  # the schema leaves a case's fields open
+        return st.sampled_from([body, mended])
+
+    yield schema
+    queue.close()
+
+
+QUERIES = (  # (prompt, hop-1 phrase, bridge, layers): overlapping layer sets, so edits share weights
+    ("The capital of the country where Mount Fuji is is", "the country where Mount Fuji is", "Japan", [1, 2]),
+    ("The author of Misery was born in the country of", "The author of Misery", "Stephen King", [2, 3]),
+    ("The currency of the country of Paris is", "the country of Paris", "France", [0, 1, 2, 3]),
+    ("The language of the country of the Eiffel Tower is", "the country of the Eiffel Tower", "France", [1]),
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> LoadedModel:
+    """A tiny random-weight LLaMA (4 layers) with the embedded model's tokenizer, as in tests/engine."""
+    tokenizer = load_model(cache_dir=cache_dir()).tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval().requires_grad_(False)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter_for(model),
+        name="tiny-llama",
+        fingerprint=parameters_fingerprint(model),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_deltas(tiny_lm: LoadedModel) -> dict[str, EditDelta]:
+    """Four CREME deltas computed on ``tiny_lm`` (which they leave unchanged), by edit id."""
+    return {
+        f"edit-{i}": compute_edit(tiny_lm, CompositionalQuery(prompt, hop1, bridge), layers).delta
+        for i, (prompt, hop1, bridge, layers) in enumerate(QUERIES)
+    }
