@@ -184,28 +184,26 @@ async def _on_queue_full(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _on_database(request: Request, exc: Exception) -> JSONResponse:
-    log.error("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+def _unavailable(request: Request, slug: str, what: str) -> JSONResponse:
+    """503 ``<slug>-unavailable``: ``what`` is down, and the client may retry after a few seconds."""
     return problem_response(
         503,
-        "the database is unavailable; retry later",
-        slug="database-unavailable",
-        title="Database unavailable",
+        f"the {what} is unavailable; retry later",
+        slug=f"{slug}-unavailable",
+        title=f"{slug.capitalize()} unavailable",
         instance=_instance(request),
         headers={"Retry-After": RETRY_AFTER_SECONDS},
     )
+
+
+async def _on_database(request: Request, exc: Exception) -> JSONResponse:
+    log.error("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return _unavailable(request, "database", "database")
 
 
 async def _on_queue(request: Request, exc: Exception) -> JSONResponse:
     log.error("queue unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return problem_response(
-        503,
-        "the job queue is unavailable; retry later",
-        slug="queue-unavailable",
-        title="Queue unavailable",
-        instance=_instance(request),
-        headers={"Retry-After": RETRY_AFTER_SECONDS},
-    )
+    return _unavailable(request, "queue", "job queue")
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -29,9 +29,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import Edit, EditDelta, ModelState, StateEvent, Worker, utcnow
+from service.db.models import Edit, EditDelta, StateEvent, Worker, utcnow
 from service.db.session import session_scope
-from service.db.state import get_state
+from service.db.state import bump_version, get_state
 from service.engine.delta import EditDelta as Delta
 from service.engine.delta import InvalidDeltaError, delta_from_bytes, validate_for
 from service.engine.loading import LoadedModel
@@ -197,13 +197,7 @@ class Reconciler:
             try:
                 for edit_id, reason in bad.items():
                     active = [e for e in active if e != edit_id]
-                    bumped = session.execute(
-                        update(ModelState)
-                        .where(ModelState.base_model == self.lm.name, ModelState.version == version)
-                        .values(version=version + 1, active_edit_ids=active, updated_at=now)
-                        .execution_options(synchronize_session=False)
-                    )
-                    if bumped.rowcount != 1:  # type: ignore[attr-defined]
+                    if not bump_version(session, self.lm.name, version, active, now):
                         session.rollback()
                         return None
                     version += 1

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -23,47 +24,46 @@ _RESPONSES = {200: {"model": JobOut, "description": "Finished within `Prefer: wa
 )
 
 
-async def _submit(request: Request, kind: str, body: BaseModel, prefer: str | None, key: str | None) -> JSONResponse:
-    job = await jobrun.submit(request, kind, body, key)
-    job, headers = await jobrun.wait(request, job, prefer, default=None)
-    if is_terminal(job):
-        return JSONResponse(job_out(job).model_dump(mode="json"), status_code=200, headers=headers)
-    return jobrun.accepted(job, headers, analysis=True)
+def _submitter(
+    request: Request, prefer: PreferHeader = None, idempotency_key: IdempotencyHeader = None
+) -> Callable[[str, BaseModel], Awaitable[JSONResponse]]:
+    """What every analysis route takes besides its body; the routes differ only in the job kind."""
+
+    async def submit(kind: str, body: BaseModel) -> JSONResponse:
+        job = await jobrun.submit(request, kind, body, idempotency_key)
+        job, headers = await jobrun.wait(request, job, prefer, default=None)
+        if is_terminal(job):
+            return JSONResponse(job_out(job).model_dump(mode="json"), status_code=200, headers=headers)
+        return jobrun.accepted(job, headers, analysis=True)
+
+    return submit
+
+
+SubmitDep = Annotated[Callable[[str, BaseModel], Awaitable[JSONResponse]], Depends(_submitter)]
 
 
 @router.post("/logit-lens", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
-async def logit_lens(
-    body: LogitLensPayload, request: Request, prefer: PreferHeader = None, idempotency_key: IdempotencyHeader = None
-) -> JSONResponse:
+async def logit_lens(body: LogitLensPayload, submit: SubmitDep) -> JSONResponse:
     """Logit lens: what each layer's residual stream predicts, read out through the unembedding."""
-    return await _submit(request, "logit-lens", body, prefer, idempotency_key)
+    return await submit("logit-lens", body)
 
 
 @router.post("/locate", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
-async def locate(
-    body: LocatePayload, request: Request, prefer: PreferHeader = None, idempotency_key: IdempotencyHeader = None
-) -> JSONResponse:
+async def locate(body: LocatePayload, submit: SubmitDep) -> JSONResponse:
     """Locating: patch activations from the guide run into the failing run to find where to edit."""
-    return await _submit(request, "locate", body, prefer, idempotency_key)
+    return await submit("locate", body)
 
 
 @router.post("/intervention", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
-async def intervention(
-    body: InterventionPayload, request: Request, prefer: PreferHeader = None, idempotency_key: IdempotencyHeader = None
-) -> JSONResponse:
+async def intervention(body: InterventionPayload, submit: SubmitDep) -> JSONResponse:
     """Intervention: suppress the bridge entity in the residual stream and watch p(answer)."""
-    return await _submit(request, "intervention", body, prefer, idempotency_key)
+    return await submit("intervention", body)
 
 
 @router.post("/compositionality", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
-async def compositionality(
-    body: CompositionalityPayload,
-    request: Request,
-    prefer: PreferHeader = None,
-    idempotency_key: IdempotencyHeader = None,
-) -> JSONResponse:
+async def compositionality(body: CompositionalityPayload, submit: SubmitDep) -> JSONResponse:
     """The compositionality gap: cases whose single hops the model answers but whose composition fails."""
-    return await _submit(request, "compositionality", body, prefer, idempotency_key)
+    return await submit("compositionality", body)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problems(404, 422, 503))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 
 from api.deps import ActorDep, FactoryDep, LimitsDep, QueueDep, SessionDep, SettingsDep
@@ -34,6 +35,7 @@ IdempotencyHeader = Annotated[
     str | None, Header(min_length=1, max_length=255, description="Replays return the first result.")
 ]
 IfMatchHeader = Annotated[str | None, Header(description='The expected state version, e.g. `"3"`.')]
+Action = Literal["apply", "revert"]
 
 
 @router.post(
@@ -101,53 +103,44 @@ def read_edit(edit_id: str, session: SessionDep) -> EditOut:
     return edit_out(get_edit(session, edit_id))
 
 
-def _change(
-    action: Literal["apply", "revert"],
+def _state_change(
     edit_id: str,
-    if_match: str | None,
     session: SessionDep,
     queue: QueueDep,
     settings: SettingsDep,
-    actor: str,
+    actor: ActorDep,
     response: Response,
-    idempotency_key: str | None = None,
-) -> StateChange:
-    expected = parse_if_match(if_match)
-    edit, state = change_state(
-        session, queue, edit_id, action, expected, actor, base_model=settings.model, idempotency_key=idempotency_key
-    )
-    response.headers["ETag"] = version_etag(state.version)
-    return StateChange(edit=edit_out(edit), state=StateOut(version=state.version, active_edits=state.active_edit_ids))
+    if_match: IfMatchHeader = None,
+    idempotency_key: IdempotencyHeader = None,
+) -> Callable[[Action], StateChange]:
+    """What apply and revert take from the request; the two differ only in the action they pass."""
+
+    def change(action: Action) -> StateChange:
+        expected = parse_if_match(if_match)
+        edit, state = change_state(
+            session, queue, edit_id, action, expected, actor, base_model=settings.model, idempotency_key=idempotency_key
+        )
+        response.headers["ETag"] = version_etag(state.version)
+        return StateChange(
+            edit=edit_out(edit), state=StateOut(version=state.version, active_edits=state.active_edit_ids)
+        )
+
+    return change
+
+
+StateChangeDep = Annotated[Callable[[Action], StateChange], Depends(_state_change)]
 
 
 @router.post("/{edit_id}/apply", response_model=StateChange, responses=problems(404, 409, 412, 422, 503))
-def apply_route(
-    edit_id: str,
-    session: SessionDep,
-    queue: QueueDep,
-    settings: SettingsDep,
-    actor: ActorDep,
-    response: Response,
-    if_match: IfMatchHeader = None,
-    idempotency_key: IdempotencyHeader = None,
-) -> StateChange:
+def apply_route(change: StateChangeDep) -> StateChange:
     """Add a computed (or reverted) edit to the desired model state; the workers follow."""
-    return _change("apply", edit_id, if_match, session, queue, settings, actor, response, idempotency_key)
+    return change("apply")
 
 
 @router.post("/{edit_id}/revert", response_model=StateChange, responses=problems(404, 409, 412, 422, 503))
-def revert_route(
-    edit_id: str,
-    session: SessionDep,
-    queue: QueueDep,
-    settings: SettingsDep,
-    actor: ActorDep,
-    response: Response,
-    if_match: IfMatchHeader = None,
-    idempotency_key: IdempotencyHeader = None,
-) -> StateChange:
+def revert_route(change: StateChangeDep) -> StateChange:
     """Remove an applied edit from the desired model state; the workers restore the exact weights."""
-    return _change("revert", edit_id, if_match, session, queue, settings, actor, response, idempotency_key)
+    return change("revert")
 
 
 @router.get(

@@ -156,6 +156,21 @@ def _transition(
     return state
 
 
+def bump_version(session: Session, base_model: str, read_version: int, active: list[str], now: datetime) -> bool:
+    """Move the state from ``read_version`` to the next one with ``active``; False if it is no longer there.
+
+    The conditional update (``WHERE version = read_version``) every transition of the row goes through:
+    of two concurrent bumps from the same version exactly one wins. Nothing is committed here.
+    """
+    result = session.execute(
+        update(ModelState)
+        .where(ModelState.base_model == base_model, ModelState.version == read_version)
+        .values(version=ModelState.version + 1, active_edit_ids=active, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
 def _bump_version(
     session: Session,
     base_model: str,
@@ -165,13 +180,7 @@ def _bump_version(
     expected_version: int | None,
 ) -> None:
     """Move the state from ``read_version`` to the next one, or raise if someone else did first."""
-    result = session.execute(
-        update(ModelState)
-        .where(ModelState.base_model == base_model, ModelState.version == read_version)
-        .values(version=ModelState.version + 1, active_edit_ids=active, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if not bump_version(session, base_model, read_version, active, now):
         session.rollback()
         current = _read_state(session, base_model)
         raise VersionMismatch(current.version if current else 0, expected_version)

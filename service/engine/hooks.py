@@ -150,3 +150,22 @@ def block_path(lm: LoadedModel, layer: int, sub: str | None = None) -> str:
     """Module path of block ``layer`` or of ``sub`` inside it (e.g. the adapter's ``out_proj``)."""
     path = f"{lm.adapter.blocks}.{layer}"
     return f"{path}.{sub}" if sub else path
+
+
+def select_layers(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
+    """``layers`` sorted, without repeats (all when None); ValueError unless a non-empty subset of the model's."""
+    n_layers = lm.n_layers
+    chosen = list(range(n_layers)) if layers is None else sorted(set(layers))
+    if not chosen or any(not 0 <= layer < n_layers for layer in chosen):
+        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1}")
+    return chosen
+
+
+def resume_from(lm: LoadedModel, trace: Trace, layer: int, rows: int) -> Resume | None:
+    """Resume at block ``layer`` from row 0 of ``trace``'s output of the block below, ``rows`` times; None at 0.
+
+    ``trace`` must have recorded that block's output (``record_outputs``).
+    """
+    if layer == 0:
+        return None
+    return Resume(layer=layer, hidden=trace.outputs[block_path(lm, layer - 1)][:1].expand(rows, -1, -1))

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from service.engine.hooks import OutputEdit, Resume, block_path, run
+from service.engine.hooks import OutputEdit, block_path, resume_from, run, select_layers
 from service.engine.lens import last_logits, unembed
 from service.engine.loading import LoadedModel
-from service.engine.prompts import Batch, answer_token_ids, encode
+from service.engine.prompts import answer_token_ids, encode
 
 _LAYERS_PER_PASS = 8  # edited layers per forward pass (two rows each)
 
@@ -130,10 +130,7 @@ def intervene(
     Each pass batches two rows (o1, control) per layer for several layers and resumes from the
     clean residual stream below the lowest of them. The model is left unchanged.
     """
-    n_layers = lm.n_layers
-    layers = list(range(n_layers)) if layers is None else sorted(set(layers))
-    if not layers or any(not 0 <= layer < n_layers for layer in layers):
-        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1}")
+    layers = select_layers(lm, layers)
     o1 = list(dict.fromkeys(answer_token_ids(lm, bridge)))
     o2 = answer_token_ids(lm, answer)
     w_u = lm.adapter.unembedding(lm.model).detach().to(torch.float64)  # [vocab, d_model]
@@ -141,7 +138,7 @@ def intervene(
     random_ids = control_ids(w_u.shape[0], len(o1), [*o1, *o2], seed)
 
     single = encode(lm, [prompt])  # [1, seq]
-    blocks = [block_path(lm, layer) for layer in range(n_layers)]
+    blocks = [block_path(lm, layer) for layer in range(lm.n_layers)]
     norm = lm.adapter.final_norm
     clean = run(lm, single, record_outputs=[*blocks, norm], stop_after=norm)
     baseline = _answer_prob(unembed(lm, clean.outputs[norm][:, -1], apply_final_norm=False), o2)[0]
@@ -159,15 +156,9 @@ def intervene(
             )  # [2, d_model]
             edits[blocks[layer]] = _adder([2 * i, 2 * i + 1], shifts)
         rows = 2 * len(chunk)
-        batch = Batch(  # copies of the prompt, [rows, seq]
-            input_ids=single.input_ids.expand(rows, -1),
-            attention_mask=single.attention_mask.expand(rows, -1),
-            position_ids=single.position_ids.expand(rows, -1),
-        )
+        batch = single.repeat_first(rows)  # copies of the prompt, [rows, seq]
         # Blocks below the chunk's lowest layer are unedited: resume from the clean run's residual stream.
-        resume = None
-        if chunk[0] > 0:
-            resume = Resume(layer=chunk[0], hidden=clean.outputs[blocks[chunk[0] - 1]].expand(rows, -1, -1))
+        resume = resume_from(lm, clean, chunk[0], rows)
         probs = _answer_prob(last_logits(lm, batch, edits, resume=resume), o2)  # [rows]
         edited.extend(zip(probs[0::2], probs[1::2], strict=True))
     entries = tuple(

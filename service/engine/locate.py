@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from service.engine.creme import CompositionalQuery
-from service.engine.hooks import OutputEdit, Resume, block_path, run
+from service.engine.hooks import OutputEdit, block_path, resume_from, run, select_layers
 from service.engine.lens import last_logits, unembed
 from service.engine.loading import LoadedModel
 from service.engine.prompts import Batch, answer_token_ids, encode
@@ -140,10 +140,7 @@ def locate(
     One clean pass over [failing, guide] (left-padded together) records every site; then copies of
     the failing row, one per (layer, kind, position), are run in batches, each with one site patched.
     """
-    n_layers = lm.n_layers
-    layers = list(range(n_layers)) if layers is None else sorted(set(layers))
-    if not layers or any(not 0 <= layer < n_layers for layer in layers):
-        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1}")
+    layers = select_layers(lm, layers)
     if window < 1:
         raise ValueError("window must be at least 1")
     ids = answer_token_ids(lm, answer)
@@ -153,7 +150,7 @@ def locate(
     # (failing position, guide position) for each entry of POSITIONS
     pos_pairs = ((seq - 1, seq - 1), (subj_fail, subj_guide))
 
-    blocks = [block_path(lm, layer) for layer in range(n_layers)]
+    blocks = [block_path(lm, layer) for layer in range(lm.n_layers)]
     needed = sorted({p for layer in layers for kind in KINDS for p in _site_paths(lm, layer, kind, window)})
     norm = lm.adapter.final_norm
     clean = run(lm, batch, record_outputs=sorted({*needed, *blocks, norm}), stop_after=norm)
@@ -176,15 +173,9 @@ def locate(
                 positions.append(pos_f)
                 sources.append(clean.outputs[path][1, pos_g])
         edits = {path: _patcher(r, p, torch.stack(s)) for path, (r, p, s) in plans.items()}
-        failing = Batch(  # copies of row 0, [len(chunk), seq]
-            input_ids=batch.input_ids[:1].expand(len(chunk), -1),
-            attention_mask=batch.attention_mask[:1].expand(len(chunk), -1),
-            position_ids=batch.position_ids[:1].expand(len(chunk), -1),
-        )
-        start = first[chunk[0]]  # blocks below it see no patch: resume from the clean failing run
-        resume = None
-        if start > 0:
-            resume = Resume(layer=start, hidden=clean.outputs[blocks[start - 1]][:1].expand(len(chunk), -1, -1))
+        failing = batch.repeat_first(len(chunk))  # copies of the failing row, [len(chunk), seq]
+        # Blocks below the chunk's lowest patched layer see no patch: resume from the clean failing run.
+        resume = resume_from(lm, clean, first[chunk[0]], len(chunk))
         probs = torch.softmax(last_logits(lm, failing, edits, resume=resume).float(), dim=-1)  # [rows, vocab]
         for site, p in zip(chunk, probs[:, ids].mean(-1).tolist(), strict=True):
             patched[site] = p

@@ -30,6 +30,14 @@ class Batch:
             "position_ids": self.position_ids,
         }
 
+    def repeat_first(self, n: int) -> Batch:
+        """``n`` copies of row 0, [n, seq] (expanded views: nothing is copied)."""
+        return Batch(
+            input_ids=self.input_ids[:1].expand(n, -1),
+            attention_mask=self.attention_mask[:1].expand(n, -1),
+            position_ids=self.position_ids[:1].expand(n, -1),
+        )
+
 
 def encode(lm: LoadedModel, prompts: Sequence[str]) -> Batch:
     """Tokenise ``prompts`` with left padding and explicit position ids (needed by GPT-2)."""
