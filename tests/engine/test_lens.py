@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -13,22 +11,9 @@ import torch
 from service.engine.lens import format_lens_table, lens_logits, logit_lens
 from service.engine.loading import LoadedModel
 from service.engine.prompts import answer_probs, encode
+from tests.engine.helpers import leaves_model_unchanged
 
 FUJI = "The capital of the country where Mount Fuji is located is"
-
-
-@contextmanager
-def leaves_model_unchanged(lm: LoadedModel) -> Iterator[None]:
-    """Assert that every parameter and buffer is bit-identical afterwards and that no hook remains."""
-    before = {name: t.detach().clone() for name, t in lm.model.state_dict().items()}
-    blocks = list(lm.adapter.block_list(lm.model))
-    yield
-    after = lm.model.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[name], after[name]) for name in before)
-    assert list(lm.adapter.block_list(lm.model)) == blocks
-    for module in lm.model.modules():
-        assert not module._forward_hooks and not module._forward_pre_hooks
 
 
 @pytest.mark.parametrize("fixture", ["smol", "tiny_llama", "tiny_gpt2"])

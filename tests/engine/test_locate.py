@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-import torch
 
 from service.engine.creme import CompositionalQuery
 from service.engine.loading import LoadedModel
@@ -23,26 +20,13 @@ from service.engine.locate import (
     window_layers,
 )
 from service.engine.prompts import answer_probs, encode
+from tests.engine.helpers import leaves_model_unchanged
 
 FUJI = CompositionalQuery(
     prompt="The capital of the country where Mount Fuji is located is",
     hop1_phrase="the country where Mount Fuji is located",
     bridge="Japan",
 )
-
-
-@contextmanager
-def leaves_model_unchanged(lm: LoadedModel) -> Iterator[None]:
-    """Assert that every parameter and buffer is bit-identical afterwards and that no hook remains."""
-    before = {name: t.detach().clone() for name, t in lm.model.state_dict().items()}
-    blocks = list(lm.adapter.block_list(lm.model))
-    yield
-    after = lm.model.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[name], after[name]) for name in before)
-    assert list(lm.adapter.block_list(lm.model)) == blocks
-    for module in lm.model.modules():
-        assert not module._forward_hooks and not module._forward_pre_hooks
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from service.db.migrate import upgrade
-from tests.e2e.support import free_port
-from tests.fixtures.db import DEFAULT_POSTGRES_URL
+from tests.e2e.support import free_port, stop_process
+from tests.fixtures.db import DEFAULT_POSTGRES_URL, drop_database
 
 PG_BIN = Path(os.environ.get("CREME_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 START_SECONDS = 60
@@ -271,11 +271,7 @@ def fresh_database(server: Stoppable) -> Iterator[str]:
     finally:
         if not server.running:
             server.start()
-        with admin.connect() as conn:
-            try:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            except DBAPIError:  # Postgres < 13 has no FORCE
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        drop_database(admin, name)
         admin.dispose()
 
 
@@ -321,14 +317,8 @@ class RedisServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc is not None:
+            stop_process(proc)
 
     @property
     def running(self) -> bool:

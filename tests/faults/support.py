@@ -25,7 +25,7 @@ from sqlalchemy.pool import NullPool
 
 from service.db import Edit, EditDelta, Job, ModelState, StateEvent, Worker, make_engine, make_session_factory
 from service.engine.delta import LayerFactors, delta_from_bytes, sha256_hex
-from tests.e2e.support import REPO, converged_at, creme_env, free_port, wait_for
+from tests.e2e.support import REPO, converged_at, creme_env, free_port, stop_process, wait_for
 from tests.workers.support import CASE
 
 LEASE_SECONDS = 6  # a killed worker's job is retried this long after its last heartbeat
@@ -107,12 +107,7 @@ class Cluster:
         """SIGTERM and wait (the worker gives a running job back and reports itself stopped)."""
         proc = self.procs[name]
         if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_process(proc, timeout=60)
 
     def close(self) -> None:
         for name in list(self.procs):

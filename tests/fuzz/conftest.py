@@ -9,30 +9,26 @@ from typing import Any
 
 import pytest
 import schemathesis
-import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import strategies as st
 from schemathesis import BaseSchema
 from schemathesis.config import SchemathesisConfig
 from sqlalchemy.orm import Session, sessionmaker
-from transformers import AutoModelForCausalLM, LlamaConfig
 
-from api import create_app
 from service.db import make_engine, make_session_factory
 from service.db.migrate import upgrade
 from service.engine.creme import CompositionalQuery, compute_edit
 from service.engine.delta import EditDelta
-from service.engine.families import adapter_for
-from service.engine.loading import LoadedModel, load_model, parameters_fingerprint
+from service.engine.loading import LoadedModel
 from service.jobs import InProcessQueue
 from service.settings import Settings
-from tests.api.support import BASE_MODEL, EDIT_BODY, add_worker
+from tests.api.support import EDIT_BODY, add_worker
 from tests.api.support import compute_edit as store_computed_edit
-from tests.engine.conftest import cache_dir
+from tests.fixtures.app import api_settings, build_app
 from tests.fixtures.db import BACKENDS, reset_postgres
+from tests.fixtures.models import tiny_llama_config, tiny_model
 
-N_LAYERS = 30
 MAX_EXAMPLES = int(os.environ.get("CREME_FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("CREME_FUZZ_SEED", "20240601"))
 
@@ -58,15 +54,7 @@ class Seeded:
 
 def fuzz_settings() -> Settings:
     """Never wait on jobs (no worker runs), and never refuse for queue depth (fuzzing queues many)."""
-    return Settings(
-        model=BASE_MODEL,
-        max_wait_seconds=0.0,
-        max_queue_depth=1_000_000,
-        max_prompt_chars=200,
-        max_eval_queries=4,
-        max_body_bytes=20_000,
-        worker_lease_seconds=3600.0,
-    )
+    return api_settings(max_wait_seconds=0.0, max_queue_depth=1_000_000, worker_lease_seconds=3600.0)
 
 
 def seed(app: FastAPI, factory: sessionmaker[Session]) -> Seeded:
@@ -114,7 +102,7 @@ def fuzz_factory(
 def api_schema(fuzz_factory: sessionmaker[Session]) -> Iterator[BaseSchema]:
     """The app's own OpenAPI schema, loaded over ASGI, with seeded ids mixed into path parameters."""
     queue = InProcessQueue()
-    app = create_app(fuzz_settings(), session_factory=fuzz_factory, queue=queue, n_layers=N_LAYERS)
+    app = build_app(fuzz_settings(), fuzz_factory, queue)
     seeded = seed(app, fuzz_factory)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=FUZZ_CONFIG)
     known = {"edit_id": seeded.edit_ids, "job_id": seeded.job_ids}
@@ -156,27 +144,9 @@ QUERIES = (  # (prompt, hop-1 phrase, bridge, layers): overlapping layer sets, s
 
 
 @pytest.fixture(scope="session")
-def tiny_lm() -> LoadedModel:
-    """A tiny random-weight LLaMA (4 layers) with the embedded model's tokenizer, as in tests/engine."""
-    tokenizer = load_model(cache_dir=cache_dir()).tokenizer
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval().requires_grad_(False)
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        adapter=adapter_for(model),
-        name="tiny-llama",
-        fingerprint=parameters_fingerprint(model),
-    )
+def tiny_lm(smol: LoadedModel) -> LoadedModel:
+    """A tiny random-weight LLaMA (4 layers) like tests/engine's ``tiny_llama``, but a copy of the fuzz tests' own."""
+    return tiny_model(smol, tiny_llama_config(len(smol.tokenizer)), "tiny-llama")
 
 
 @pytest.fixture(scope="session")

@@ -26,9 +26,9 @@ from schemathesis.checks import (
 )
 from sqlalchemy.orm import sessionmaker
 
-from api import create_app
 from service.jobs import InProcessQueue
-from tests.fuzz.conftest import MAX_EXAMPLES, N_LAYERS, SEED, fuzz_settings
+from tests.fixtures.app import build_app
+from tests.fuzz.conftest import MAX_EXAMPLES, SEED, fuzz_settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
@@ -36,9 +36,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def _operations() -> list[tuple[str, str]]:
     queue = InProcessQueue()
     try:
-        document: dict[str, Any] = create_app(
-            fuzz_settings(), session_factory=sessionmaker(), queue=queue, n_layers=N_LAYERS
-        ).openapi()
+        document: dict[str, Any] = build_app(fuzz_settings(), sessionmaker(), queue).openapi()
     finally:
         queue.close()
     return [(method.upper(), path) for path, item in document["paths"].items() for method in item]

@@ -12,12 +12,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import create_app
 from service.jobs import InProcessQueue
 from service.usecases.jobs import submit_job
 from service.usecases.validation import Limits
 from tests.api.support import EDIT_BODY, PROBLEM, assert_problem
-from tests.fuzz.conftest import N_LAYERS, fuzz_settings, seed
+from tests.fixtures.app import build_app
+from tests.fuzz.conftest import fuzz_settings, seed
 
 SUBMIT_ROUTES = {
     "/v1/edits": EDIT_BODY,
@@ -29,7 +29,7 @@ SUBMIT_ROUTES = {
 @pytest.fixture
 def app(factory: sessionmaker[Session]) -> Iterator[FastAPI]:
     queue = InProcessQueue()
-    yield create_app(fuzz_settings(), session_factory=factory, queue=queue, n_layers=N_LAYERS)
+    yield build_app(fuzz_settings(), factory, queue)
     queue.close()
 
 

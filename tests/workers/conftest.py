@@ -3,53 +3,45 @@
 from __future__ import annotations
 
 import copy
-import os
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 from service.engine.families import adapter_for
-from service.engine.loading import LoadedModel, load_model, parameters_fingerprint
+from service.engine.loading import LoadedModel
 from service.jobs.redis_queue import RedisQueue
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CREME_CACHE_DIR", Path.home() / ".cache" / "creme"))
+from tests.fixtures.models import load_smol, tiny_llama_config, tiny_model
+from tests.workers.support import Pair
 
 
 @pytest.fixture(scope="session")
 def smol_lm() -> LoadedModel:
-    """The embedded SmolLM2-135M-Instruct, float32 on the CPU (tests must leave its weights pristine)."""
-    return load_model(cache_dir=cache_dir())
+    """The embedded SmolLM2-135M-Instruct, float32 on the CPU (tests must leave its weights pristine).
+
+    A copy of the workers' own, not the engine tests' ``smol``: worker tests change and restore it.
+    """
+    return load_smol()
 
 
 @pytest.fixture(scope="session")
-def tiny_pair(smol_lm: LoadedModel) -> tuple[LoadedModel, LoadedModel]:
+def tiny_pair(smol_lm: LoadedModel) -> Pair:
     """Two identical copies of a tiny random LLaMA (4 layers): two workers of the same base model."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smol_lm.tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval().requires_grad_(False)
-    fingerprint = parameters_fingerprint(model)
-    return tuple(  # type: ignore[return-value]
-        LoadedModel(
-            model=m, tokenizer=smol_lm.tokenizer, adapter=adapter_for(m), name="tiny-llama", fingerprint=fingerprint
-        )
-        for m in (model, copy.deepcopy(model))
-    )
+    lm = tiny_model(smol_lm, tiny_llama_config(len(smol_lm.tokenizer)), "tiny-llama")
+    twin = copy.deepcopy(lm.model)
+    return lm, dataclasses.replace(lm, model=twin, adapter=adapter_for(twin))
+
+
+@pytest.fixture
+def pair(tiny_pair: Pair) -> Iterator[Pair]:
+    """The tiny models, restored to their pristine weights after the test."""
+    saved = [{n: p.clone() for n, p in lm.model.state_dict().items()} for lm in tiny_pair]
+    yield tiny_pair
+    for lm, state in zip(tiny_pair, saved, strict=True):
+        lm.model.load_state_dict(state)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ CASE = {
 }
 
 Factory = sessionmaker[Session]
+Pair = tuple[LoadedModel, LoadedModel]  # two workers of one base model (``tiny_pair``, ``pair``)
 
 
 def add_job(factory: Factory, kind: str, payload: dict[str, Any], *, age: float = 0.0, **columns: Any) -> str:

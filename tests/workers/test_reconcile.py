@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,9 +16,7 @@ from service.engine.delta import LayerFactors, sha256_hex
 from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
 from service.reconcile import UNRECONCILED, Reconciler, record_worker
-from tests.workers.support import CASE, Factory, add_edit, get
-
-Pair = tuple[LoadedModel, LoadedModel]
+from tests.workers.support import CASE, Factory, Pair, add_edit, get
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +25,6 @@ def deltas(tiny_pair: Pair) -> list[Delta]:
     lm = tiny_pair[0]
     query = CompositionalQuery(CASE["prompt"], CASE["hop1_phrase"], CASE["bridge"])
     return [compute_edit(lm, query, layers).delta for layers in ([1, 2], [2, 3])]
-
-
-@pytest.fixture
-def pair(tiny_pair: Pair) -> Iterator[Pair]:
-    """The tiny models, restored to their pristine weights after the test."""
-    saved = [{n: p.clone() for n, p in lm.model.state_dict().items()} for lm in tiny_pair]
-    yield tiny_pair
-    for lm, state in zip(tiny_pair, saved, strict=True):
-        lm.model.load_state_dict(state)
 
 
 def _apply(factory: Factory, lm: LoadedModel, edit_id: str) -> int:

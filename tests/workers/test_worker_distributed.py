@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -20,23 +20,13 @@ from service.jobs.claims import claim
 from service.jobs.queue import Delivery, QueueUnavailable
 from service.jobs.redis_queue import RedisQueue
 from service.settings import Settings
-from tests.workers.support import Factory, add_edit, add_job, finished_job, get, wait_for
+from tests.workers.support import Factory, Pair, add_edit, add_job, finished_job, get, wait_for
 from workers import Worker as WorkerProcess
-
-Pair = tuple[LoadedModel, LoadedModel]
 
 
 def _settings(worker_id: str, **overrides: float) -> Settings:
     values = {"heartbeat_seconds": 0.2, "worker_lease_seconds": 2.0, "reconcile_seconds": 30.0, **overrides}
     return Settings(worker_id=worker_id, **values)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def pair(tiny_pair: Pair) -> Iterator[Pair]:
-    saved = [{n: p.clone() for n, p in lm.model.state_dict().items()} for lm in tiny_pair]
-    yield tiny_pair
-    for lm, state in zip(tiny_pair, saved, strict=True):
-        lm.model.load_state_dict(state)
 
 
 @pytest.mark.redis
