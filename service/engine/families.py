@@ -27,7 +27,6 @@ class FamilyAdapter:
     out_proj: str
     mlp: str
     final_norm: str
-    unembed: str
     weight_in_out: bool = False
 
     def block_list(self, model: nn.Module) -> nn.ModuleList:
@@ -56,8 +55,8 @@ class FamilyAdapter:
         return model.get_submodule(self.final_norm)
 
     def unembedding(self, model: nn.Module) -> torch.Tensor:
-        """The unembedding matrix W_U, shape [vocab, d_model]."""
-        return model.get_submodule(self.unembed).weight
+        """The unembedding matrix W_U, shape [vocab, d_model] (GPT-NeoX's is ``embed_out`` before 5.x)."""
+        return model.get_output_embeddings().weight
 
     def delta_as_weight(self, r: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The rank-one update r uᵀ ([out, in]) in the layout the weight is stored in."""
@@ -73,7 +72,6 @@ _LLAMA = FamilyAdapter(
     out_proj="self_attn.o_proj",
     mlp="mlp",
     final_norm="model.norm",
-    unembed="lm_head",
 )
 _GPT2 = FamilyAdapter(
     name="gpt2",
@@ -83,7 +81,6 @@ _GPT2 = FamilyAdapter(
     out_proj="attn.c_proj",
     mlp="mlp",
     final_norm="transformer.ln_f",
-    unembed="lm_head",
     weight_in_out=True,
 )
 _GPTJ = FamilyAdapter(
@@ -94,7 +91,6 @@ _GPTJ = FamilyAdapter(
     out_proj="attn.out_proj",
     mlp="mlp",
     final_norm="transformer.ln_f",
-    unembed="lm_head",
 )
 _GPT_NEOX = FamilyAdapter(
     name="gpt_neox",
@@ -104,7 +100,6 @@ _GPT_NEOX = FamilyAdapter(
     out_proj="attention.dense",
     mlp="mlp",
     final_norm="gpt_neox.final_layer_norm",
-    unembed="embed_out",
 )
 
 FAMILIES: tuple[FamilyAdapter, ...] = (_LLAMA, _GPT2, _GPTJ, _GPT_NEOX)

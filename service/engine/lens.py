@@ -73,7 +73,7 @@ def unembed(lm: LoadedModel, hidden: torch.Tensor, *, apply_final_norm: bool = T
     """Logits W_U · norm(h) (or W_U · h) for residual vectors ``hidden`` [..., d_model] → [..., vocab]."""
     if apply_final_norm:
         hidden = lm.adapter.norm(lm.model)(hidden)
-    return lm.model.get_submodule(lm.adapter.unembed)(hidden)
+    return lm.model.get_output_embeddings()(hidden)
 
 
 @torch.no_grad()

@@ -22,7 +22,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,24 +29,18 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from service.db.migrate import upgrade
-from tests.e2e.support import free_port, stop_process
+from tests.e2e.support import free_port
 from tests.fixtures.db import DEFAULT_POSTGRES_URL, drop_database
+from tests.fixtures.redis import RedisServer, private_redis, unavailable
 
 PG_BIN = Path(os.environ.get("CREME_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 START_SECONDS = 60
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 class Stoppable(Protocol):
@@ -245,7 +238,7 @@ def pg_server() -> Iterator[Stoppable]:
         with admin.connect() as conn:
             conn.execute(text("SELECT 1"))
     except DBAPIError as exc:
-        _unavailable(f"{why}; and the shared Postgres is unreachable: {exc.orig or exc}")
+        unavailable(f"{why}; and the shared Postgres is unreachable: {exc.orig or exc}")
     finally:
         admin.dispose()
     proxied.start()
@@ -285,60 +278,6 @@ def fault_db(pg_server: Stoppable) -> Iterator[str]:
 def module_fault_db(pg_server: Stoppable) -> Iterator[str]:
     with fresh_database(pg_server) as url:
         yield url
-
-
-class RedisServer:
-    """A private ``redis-server`` without persistence; a restart comes back empty, as after a crash."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log = root / f"redis-{self.port}.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
-
-    def start(self) -> None:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        args += ["--daemonize", "no", "--dir", str(self.root), "--logfile", str(self.log)]
-        self._proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_SECONDS
-        with contextlib.closing(self.client()) as client:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.RedisError:
-                    if self._proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server on port {self.port} did not start; see {self.log}") from None
-                    time.sleep(0.05)
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            stop_process(proc)
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def flushall(self) -> None:
-        with contextlib.closing(self.client()) as client:
-            client.flushall()
-
-
-@contextmanager
-def private_redis(root: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        _unavailable("redis-server is not installed")
-    server = RedisServer(root)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

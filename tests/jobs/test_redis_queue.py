@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from service.jobs import QueueUnavailable
 from service.jobs.redis_queue import RedisQueue
+from tests.fixtures.redis import private_redis
 
 MakeQueue = Callable[..., RedisQueue]
 
@@ -74,18 +75,18 @@ def test_ids_enqueued_before_any_consumer_are_delivered(make_redis_queue: MakeQu
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(
-    os.environ.get("CREME_TEST_REDIS_FLUSHALL") != "1",
-    reason="FLUSHALL wipes the whole test server; set CREME_TEST_REDIS_FLUSHALL=1 on a private Redis",
-)
-def test_survives_flushall(make_redis_queue: MakeQueue, redis_client: redis.Redis) -> None:
-    queue = make_redis_queue()
-    queue.enqueue("before")
-    assert queue.receive("w", timeout=1) is not None
-    redis_client.flushall()
-    queue.enqueue("after")
-    delivery = queue.receive("w", timeout=1)
-    assert delivery is not None and delivery.job_id == "after"
+def test_survives_flushall(tmp_path: Path) -> None:
+    with private_redis(tmp_path) as server:  # FLUSHALL would wipe the shared test server
+        queue = RedisQueue(server.url)
+        try:
+            queue.enqueue("before")
+            assert queue.receive("w", timeout=1) is not None
+            server.flushall()
+            queue.enqueue("after")
+            delivery = queue.receive("w", timeout=1)
+            assert delivery is not None and delivery.job_id == "after"
+        finally:
+            queue.close()
 
 
 @pytest.mark.redis
