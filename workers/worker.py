@@ -250,9 +250,16 @@ class Worker:
         due = time.monotonic() - self._last_reconcile >= self.settings.reconcile_seconds
         if due or self._reconcile_wanted.is_set():
             self._reconcile_wanted.clear()
-            with self.model_lock:
-                self.reconciler.reconcile()
-            self._last_reconcile = time.monotonic()
+            self._reconcile_now()
+
+    def _reconcile_now(self) -> None:
+        """Bring the weights to the desired state; a new version is reported at once, not at the next beat."""
+        before = self.reconciler.version
+        with self.model_lock:
+            self.reconciler.reconcile()
+        self._last_reconcile = time.monotonic()
+        if self.reconciler.version != before:
+            self._beat()
 
     def _maybe_sweep(self) -> None:
         if time.monotonic() < self._next_sweep:
@@ -311,8 +318,7 @@ class Worker:
         status = "succeeded"
         try:
             with self.model_lock:
-                self.reconciler.reconcile()
-                self._last_reconcile = time.monotonic()
+                self._reconcile_now()
                 result = run_job(job, self.ctx)
         except (EditCancelled, ClaimLost) as exc:
             if self._claim_lost.is_set() or isinstance(exc, ClaimLost):
