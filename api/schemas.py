@@ -40,7 +40,7 @@ class EditCreate(EditRequest):
                     "hop1_phrase": "the country where Mount Fuji is located",
                     "bridge": "Japan",
                     "answer": "Tokyo",
-                    "apply": "if_improved",
+                    "apply": "if_safe",
                 }
             ]
         },
@@ -77,8 +77,15 @@ class EditOut(BaseModel):
     generalization: list[ProbeRequest]
     specificity: list[ProbeRequest]
     layers: list[int] | None = Field(description="The edited layers; null until the worker chose them.")
+    answer_aliases: list[str]
+    bridge_aliases: list[str]
     method: str
+    templates: str | list[str]
+    judge: str
     apply: str
+    safety: dict[str, Any] | None = Field(
+        None, description="fixes_own_query, canaries checked/kept/regressions, generic_kl (nats/token), safe."
+    )
     metrics: dict[str, Any] | None
     delta_norms: Any = Field(None, description="Per-layer Frobenius norms of ΔW, as the worker reported them.")
     state_version: int | None = Field(description="The model-state version the edit was computed on.")
@@ -214,8 +221,13 @@ def edit_out(edit: Edit) -> EditOut:
         generalization=request.get("generalization") or [],
         specificity=request.get("specificity") or [],
         layers=list(edit.layers) if edit.layers else None,
+        answer_aliases=request.get("answer_aliases") or [],
+        bridge_aliases=request.get("bridge_aliases") or [],
         method=edit.method,
+        templates=request.get("templates") or "published",
+        judge=request.get("judge") or "published",
         apply=edit.apply_policy,
+        safety=metrics.get("safety") if metrics else None,
         metrics=metrics,
         delta_norms=metrics.get("delta_norms") if metrics else None,
         state_version=edit.computed_on_version,

@@ -24,6 +24,8 @@ class TwoHopCase:
     hop2: str
     answer: str
     questions: tuple[str, ...] = ()
+    answer_aliases: tuple[str, ...] = ()
+    bridge_aliases: tuple[str, ...] = ()
     generalization: tuple[Probe, ...] = field(default=())
     specificity: tuple[Probe, ...] = field(default=())
 
@@ -35,8 +37,10 @@ class TwoHopCase:
 
     def eval_sets(self) -> EvalSets:
         return EvalSets(
-            correction=(Probe(self.compositional, self.answer),),
-            paraphrase=tuple(Probe(PARAPHRASE_FRAME.format(question=q), self.answer) for q in self.questions),
+            correction=(Probe(self.compositional, self.answer, self.answer_aliases),),
+            paraphrase=tuple(
+                Probe(PARAPHRASE_FRAME.format(question=q), self.answer, self.answer_aliases) for q in self.questions
+            ),
             generalization=self.generalization,
             specificity=self.specificity,
         )
@@ -52,11 +56,23 @@ class TwoHopCase:
                 hop2=raw["hop2"],
                 answer=raw["answer"],
                 questions=tuple(raw.get("questions", ())),
-                generalization=tuple(Probe(g["cloze"], g["answer"]) for g in raw.get("generalization", ())),
-                specificity=tuple(Probe(s["cloze"], s["answer"]) for s in raw.get("specificity", ())),
+                answer_aliases=_strings(raw.get("answer_aliases", ())),
+                bridge_aliases=_strings(raw.get("bridge_aliases", ())),
+                generalization=tuple(_probe(g) for g in raw.get("generalization", ())),
+                specificity=tuple(_probe(s) for s in raw.get("specificity", ())),
             )
         except (KeyError, TypeError) as exc:
             raise CaseFormatError(f"missing or malformed field: {exc}") from exc
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise TypeError("aliases must be a list of strings")
+    return tuple(value)
+
+
+def _probe(raw: dict) -> Probe:
+    return Probe(raw["cloze"], raw["answer"], _strings(raw.get("answer_aliases", ())))
 
 
 def load_cases(path: Path, limit: int | None = None) -> list[TwoHopCase]:

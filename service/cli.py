@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service.engine.judging import DEFAULT_RULE, JUDGE_RULES
+from service.engine.options import DEFAULT_METHOD, METHODS, TEMPLATE_SETS
 from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
     from service.cases import CaseFormatError, load_cases
     from service.dataset_eval import CaseOutcome, evaluate_dataset
+    from service.engine.methods import method_spec
 
     try:
         cases = load_cases(args.data, limit=args.limit)
@@ -71,17 +74,45 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         bar = tqdm(total=len(gap.failing_ids), desc="edit+evaluate+revert", unit="case", file=sys.stderr)
-        bar.write(f"{'case':<18} {'p(answer) before → after':>26}  greedy before → after", file=sys.stdout)
+        bar.write(f"{'case':<18} {'p(answer) before → after':>26}  greedy before → after  verdict", file=sys.stdout)
 
     def on_case(outcome: CaseOutcome) -> None:
         row = outcome.to_dict()
         change = f"{_fmt_p(row['p_pre'])} → {_fmt_p(row['p_post'])}"
         texts = f"{row['greedy_pre'].strip()[:28]!r} → {row['greedy_post'].strip()[:28]!r}"
+        safety = outcome.safety
+        verdict = (
+            f"{'fixed' if outcome.fixed else 'not fixed'}, canaries {safety.canaries.kept}/{safety.canaries.n_checked}"
+        )
         if bar is not None:
-            bar.write(f"{outcome.id:<18} {change:>26}  {texts}", file=sys.stdout)
+            bar.write(f"{outcome.id:<18} {change:>26}  {texts}  {verdict}", file=sys.stdout)
             bar.update(1)
 
-    report = evaluate_dataset(lm, cases, layers=args.layers, on_gap=on_gap, on_case=on_case)
+    def on_stack(reading: dict) -> None:
+        line = (
+            f"stacked {reading['n_edits']:>3} edits: {reading['holding']} still fixed, "
+            f"canaries {reading['canaries_kept']}/{reading['canaries']}, "
+            f"generic KL {reading['generic_kl']:.4f} nats/token"
+        )
+        (bar.write if bar is not None else print)(line)
+
+    try:
+        spec = method_spec(args.method, args.templates)
+    except ValueError as exc:
+        print(f"creme eval: {exc}", file=sys.stderr)
+        return 2
+    report = evaluate_dataset(
+        lm,
+        cases,
+        layers=args.layers,
+        spec=spec,
+        rule=args.judge,
+        stack=args.stack,
+        cache_dir=settings.cache_dir,
+        on_gap=on_gap,
+        on_case=on_case,
+        on_stack=on_stack,
+    )
     if bar is not None:
         bar.close()
     _print_summary(report["summary"])
@@ -93,10 +124,17 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_summary(summary: dict) -> None:
     print(
-        f"\nmodel {summary['model']}, layers {summary['layers'][0]}-{summary['layers'][-1]}: "
-        f"{summary['n_failing']} failing of {summary['n_cases']} cases; "
+        f"\nmodel {summary['model']}, method {summary['method']}, "
+        f"layers {summary['layers'][0]}-{summary['layers'][-1]}, "
+        f"judge {summary['judge']}: {summary['n_failing']} failing of {summary['n_cases']} cases; "
         f"median edit {summary['edit_seconds_median'] or 0:.2f} s"
     )
+    if summary["n_failing"]:
+        print(
+            f"fixed {summary['fixed']}/{summary['n_failing']}; all {summary['canaries']} canary facts kept by "
+            f"{summary['all_canaries_kept']} edits (mean kept {summary['canaries_kept_mean']:.1f}); "
+            f"safe {summary['safe']}; generic KL {summary['generic_kl_mean']:.4f} nats/token"
+        )
     columns = [
         ("n", "n", "{:d}"),
         ("win pre", "win_rate_pre", "{:.1%}"),
@@ -262,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="read only the first N cases")
     ev.add_argument("--layers", type=parse_layers, default=None, help="edit band, e.g. 10-20 (default: per model)")
     ev.add_argument("--json", type=Path, default=None, help="write the full report here")
+    ev.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="edit method (default: %(default)s)")
+    ev.add_argument(
+        "--templates", choices=sorted(TEMPLATE_SETS), default="published", help="template set (default: %(default)s)"
+    )
+    ev.add_argument("--judge", choices=JUDGE_RULES, default=DEFAULT_RULE, help="judging rule (default: %(default)s)")
+    ev.add_argument("--stack", action="store_true", help="keep each edit applied while the next is computed")
     ev.set_defaults(func=cmd_eval)
 
     lens = sub.add_parser("lens", help="print the per-layer Logit Lens of a prompt")

@@ -26,6 +26,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from service.engine.options import DEFAULT_APPLY, DEFAULT_METHOD
+
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(column_0_N_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -103,8 +105,8 @@ class Edit(Base):
     answer: Mapped[str] = mapped_column(Text)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     layers: Mapped[list[int]] = mapped_column(JSON)
-    method: Mapped[str] = mapped_column(String(32), default="creme")
-    apply_policy: Mapped[str] = mapped_column(String(16), default="if_improved")
+    method: Mapped[str] = mapped_column(String(32), default=DEFAULT_METHOD)
+    apply_policy: Mapped[str] = mapped_column(String(16), default=DEFAULT_APPLY)
     base_model: Mapped[str] = mapped_column(String(255), index=True)
     base_fingerprint: Mapped[str] = mapped_column(String(128))
     computed_on_version: Mapped[int | None] = mapped_column(Integer)

@@ -6,8 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from service.cases import TwoHopCase
+from service.engine.judging import DEFAULT_RULE, JudgeRule, is_correct
 from service.engine.loading import LoadedModel
-from service.engine.prompts import answer_token_ids, greedy, is_correct
+from service.engine.prompts import answer_token_ids, greedy
 
 _CHUNK = 48
 
@@ -33,6 +34,7 @@ class CaseCheck:
 @dataclass(frozen=True)
 class GapReport:
     n: int
+    judge: str
     hop1_acc: float
     hop2_acc: float | None  # None after a hop1-first screen
     composition_acc: float | None
@@ -45,14 +47,26 @@ class GapReport:
         return {**asdict(self), "checks": [asdict(c) for c in self.checks]}
 
 
-def _judge(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str], limit: int) -> list[tuple[bool, str]]:
-    """Greedy-decode each prompt just long enough for its answer (plus a leading 'the') and judge it."""
+def _judge(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    answers: Sequence[tuple[str, tuple[str, ...]]],
+    limit: int,
+    rule: JudgeRule,
+) -> list[tuple[bool, str]]:
+    """Greedy-decode each prompt and judge it against (answer, aliases).
+
+    The strict rule only needs the answer's length (plus a leading 'the'); the published rule reads
+    the whole first line, so it always gets ``limit`` tokens (a cut-off line could match spuriously).
+    """
     out: list[tuple[bool, str]] = []
     for start in range(0, len(prompts), _CHUNK):
-        chunk_answers = answers[start : start + _CHUNK]
-        budget = min(limit, 2 + max(len(answer_token_ids(lm, a)) for a in chunk_answers))
+        chunk = answers[start : start + _CHUNK]
+        budget = limit
+        if rule == "strict":
+            budget = min(limit, 2 + max(len(answer_token_ids(lm, a)) for a, _ in chunk))
         texts = greedy(lm, prompts[start : start + _CHUNK], max_new_tokens=budget)
-        out.extend((is_correct(t, a), t) for t, a in zip(texts, chunk_answers, strict=True))
+        out.extend((is_correct(t, a, aliases=al, rule=rule), t) for t, (a, al) in zip(texts, chunk, strict=True))
     return out
 
 
@@ -61,7 +75,8 @@ def check_cases(
     cases: Sequence[TwoHopCase],
     *,
     screen_hop1: bool = False,
-    max_new_tokens: int = 12,
+    max_new_tokens: int = 10,
+    rule: JudgeRule = DEFAULT_RULE,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> GapReport:
     """Greedy-check every case on the model as it is now and measure the compositionality gap.
@@ -69,12 +84,15 @@ def check_cases(
     With ``screen_hop1`` the second hop and the composition are only checked where the first hop
     passed — enough to find the cases worth patching, at a fraction of the cost.
     """
-    hop1 = _judge(lm, [c.hop1_cloze for c in cases], [c.bridge for c in cases], max_new_tokens)
+    hop1 = _judge(
+        lm, [c.hop1_cloze for c in cases], [(c.bridge, c.bridge_aliases) for c in cases], max_new_tokens, rule
+    )
     if progress is not None:
         progress(1, 2, "checked first hops")
     todo = [i for i, (ok, _) in enumerate(hop1) if ok or not screen_hop1]
-    hop2 = _judge(lm, [cases[i].hop2 for i in todo], [cases[i].answer for i in todo], max_new_tokens)
-    comp = _judge(lm, [cases[i].compositional for i in todo], [cases[i].answer for i in todo], max_new_tokens)
+    answers = [(cases[i].answer, cases[i].answer_aliases) for i in todo]
+    hop2 = _judge(lm, [cases[i].hop2 for i in todo], answers, max_new_tokens, rule)
+    comp = _judge(lm, [cases[i].compositional for i in todo], answers, max_new_tokens, rule)
     later = {i: (h2[0], c[0], c[1]) for i, h2, c in zip(todo, hop2, comp, strict=True)}
     checks = [CaseCheck(case.id, hop1[i][0], *later.get(i, (None, None, None))) for i, case in enumerate(cases)]
     if progress is not None:
@@ -83,6 +101,7 @@ def check_cases(
     both = [c for c in checks if c.hop1 and c.hop2]
     return GapReport(
         n=len(checks),
+        judge=rule,
         hop1_acc=sum(c.hop1 for c in checks) / total,
         hop2_acc=None if screen_hop1 else sum(bool(c.hop2) for c in checks) / total,
         composition_acc=None if screen_hop1 else sum(bool(c.composition) for c in checks) / total,

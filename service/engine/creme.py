@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
 from service.engine.delta import EditDelta, LayerFactors
 from service.engine.hooks import Resume, Trace, block_path, run
 from service.engine.loading import LoadedModel
+from service.engine.options import DEFAULT_TEMPLATES
 from service.engine.prompts import Batch, encode
 from service.engine.weights import add_in_place, restored_after
 from service.settings import EMBEDDED_MODEL
-
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "{}", "Human: {}", "User: {}", "Hello world. {}", "I love China! {}",
-    "I am an AI assistant. {}", "How about the weather today? {}", "The cat sat on the mat. {}",
-    "I went to the store today. {}", "The sun shines brightly in summer. {}",
-    "He loves to play the guitar. {}", "She smiled and waved goodbye. {}",
-    "用户：{}", "你好，世界。{}", "我爱中国！{}", "我是一个人工智能助手。{}", "今天的天气怎么样？{}",
-    "猫坐在垫子上。{}", "我今天去了商店。{}", "夏天太阳很刺眼。{}", "他喜欢弹吉他。{}", "她微笑着挥手道别。{}",
-)  # fmt: skip
 
 Schedule = Literal["fast", "reference"]
 Progress = Callable[[int, int, str], None]
@@ -62,12 +54,37 @@ class CompositionalQuery:
 
 @dataclass(frozen=True)
 class LayerReport:
-    """Diagnostics of one edited layer: the key norm and how well W k̄ = v̄* holds after the edit."""
+    """Diagnostics of one edited layer: the key norm and how well W K = V* holds after the edit."""
 
     layer: int
-    key_norm: float
-    value_shift_norm: float  # ‖v̄* − v̄_c‖
-    fit_residual: float  # ‖W' k̄ − v̄*‖ / ‖v̄*‖ after the edit
+    key_norm: float  # ‖k̄‖, the mean key over templates
+    value_shift_norm: float  # ‖v̄* - v̄_c‖
+    fit_residual: float  # ‖W' k̄ - v̄*‖ / ‖v̄*‖ after the edit (the mean key, as published)
+    template_residual: float  # ‖W' K - V*‖ / ‖V*‖ over every template's key
+    rank: int = 1
+
+
+@dataclass(frozen=True)
+class LayerSample:
+    """One layer's last-token keys and values over the templates: K [T, d_in], V_c and V* [T, d_out]."""
+
+    layer: int
+    keys: torch.Tensor
+    values: torch.Tensor
+    targets: torch.Tensor
+
+
+class Solver(Protocol):
+    """Turns one layer's sample into rank-k factors (r [d_out, k], u [d_in, k]) with ΔW = r uᵀ."""
+
+    def __call__(self, sample: LayerSample) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def mean_key_solver(sample: LayerSample) -> tuple[torch.Tensor, torch.Tensor]:
+    """The published update: ΔW = (v̄* - v̄_c) k̄ᵀ / ‖k̄‖² over the template means."""
+    key = sample.keys.mean(dim=0)
+    shift = sample.targets.mean(dim=0) - sample.values.mean(dim=0)
+    return (shift / key.dot(key)).unsqueeze(1), key.unsqueeze(1)
 
 
 @dataclass(frozen=True)
@@ -83,15 +100,20 @@ def compute_edit(
     layers: Sequence[int],
     *,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
+    solver: Solver = mean_key_solver,
+    method: str = "creme",
+    params: Mapping[str, object] | None = None,
     schedule: Schedule = "fast",
     progress: Progress | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> EditResult:
-    """Compute the CREME delta for ``layers`` on the model as it is now; the model is left unchanged.
+    """Compute the delta for ``layers`` on the model as it is now; the model is left unchanged.
 
-    Layers are edited in ascending order, each on the model with the lower layers already edited.
+    Layers are edited in ascending order, each on the model with the lower layers already edited;
+    ``solver`` turns each layer's keys and values into factors (default: the published method).
     ``reference`` runs three full forward passes per layer as published; ``fast`` gives the same
     factors by resuming from cached hidden states and stopping at the edited projection.
+    ``method`` and ``params`` are recorded in the delta so the edit can be reproduced.
     """
     layers = sorted(set(layers))
     _check_layers(lm, layers)
@@ -106,15 +128,20 @@ def compute_edit(
         for i, layer in enumerate(layers):
             if should_cancel is not None and should_cancel():
                 raise EditCancelled("edit cancelled")
-            key, value_c, value_star = steps.values(lm, layer, batch_c, batch_g)
-            u, r = key.float(), (value_star.float() - value_c.float()) / key.float().dot(key.float())
+            sample = steps.sample(lm, layer, batch_c, batch_g)
+            r, u = solver(sample)
             add_in_place(lm, layer, u, r)
-            factors.append(LayerFactors(layer=layer, u=u.cpu(), r=r.cpu()))
-            edited = steps.edited_value(lm, layer, batch_c, key)
-            reports.append(_report(layer, key, value_c, value_star, edited))
+            factors.append(LayerFactors(layer=layer, u=u.cpu(), r=r.cpu(), keys=sample.keys.cpu()))
+            reports.append(_report(sample, steps.edited_values(lm, layer, batch_c, sample.keys), rank=r.shape[1]))
             if progress is not None:
                 progress(i + 1, len(layers), f"edited layer {layer}")
-    delta = EditDelta(factors=tuple(factors), base_fingerprint=lm.fingerprint, family=lm.adapter.name)
+    delta = EditDelta(
+        factors=tuple(factors),
+        base_fingerprint=lm.fingerprint,
+        family=lm.adapter.name,
+        method=method,
+        params=dict(params or {}),
+    )
     return EditResult(delta=delta, guide_prompt=query.guide_prompt, reports=reports)
 
 
@@ -126,29 +153,28 @@ def _check_layers(lm: LoadedModel, layers: Sequence[int]) -> None:
         raise ValueError(f"layers {bad} are outside 0..{lm.n_layers - 1}")
 
 
-def _last_token_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean over templates of the last position: [batch, seq, d] → [d]."""
-    return tensor[:, -1].float().mean(dim=0)
+def _last_token(tensor: torch.Tensor) -> torch.Tensor:
+    """The last position of every template, float32: [batch, seq, d] → [batch, d]."""
+    return tensor[:, -1].float()
 
 
 class _ReferenceSchedule:
     """As published: per layer, full passes over x_c and x_g, then a full post-edit pass over x_c."""
 
-    def values(
-        self, lm: LoadedModel, layer: int, batch_c: Batch, batch_g: Batch
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(self, lm: LoadedModel, layer: int, batch_c: Batch, batch_g: Batch) -> LayerSample:
         proj = block_path(lm, layer, lm.adapter.out_proj)
         trace_c = run(lm, batch_c, record_inputs=[proj], record_outputs=[proj])
         trace_g = run(lm, batch_g, record_outputs=[proj])
-        return (
-            _last_token_mean(trace_c.inputs[proj]),
-            _last_token_mean(trace_c.outputs[proj]),
-            _last_token_mean(trace_g.outputs[proj]),
+        return LayerSample(
+            layer=layer,
+            keys=_last_token(trace_c.inputs[proj]),
+            values=_last_token(trace_c.outputs[proj]),
+            targets=_last_token(trace_g.outputs[proj]),
         )
 
-    def edited_value(self, lm: LoadedModel, layer: int, batch_c: Batch, key: torch.Tensor) -> torch.Tensor:
+    def edited_values(self, lm: LoadedModel, layer: int, batch_c: Batch, keys: torch.Tensor) -> torch.Tensor:
         proj = block_path(lm, layer, lm.adapter.out_proj)
-        return _last_token_mean(run(lm, batch_c, record_outputs=[proj]).outputs[proj])
+        return _last_token(run(lm, batch_c, record_outputs=[proj]).outputs[proj])
 
 
 class _FastSchedule:
@@ -157,9 +183,7 @@ class _FastSchedule:
     def __init__(self) -> None:
         self.previous: tuple[int, torch.Tensor, torch.Tensor] | None = None  # layer, h_c, h_g
 
-    def values(
-        self, lm: LoadedModel, layer: int, batch_c: Batch, batch_g: Batch
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(self, lm: LoadedModel, layer: int, batch_c: Batch, batch_g: Batch) -> LayerSample:
         block, proj = block_path(lm, layer), block_path(lm, layer, lm.adapter.out_proj)
         traces: list[Trace] = []
         for side, batch in enumerate((batch_c, batch_g)):
@@ -178,28 +202,33 @@ class _FastSchedule:
             )
         trace_c, trace_g = traces
         self.previous = (layer, trace_c.inputs[block], trace_g.inputs[block])
-        return (
-            _last_token_mean(trace_c.inputs[proj]),
-            _last_token_mean(trace_c.outputs[proj]),
-            _last_token_mean(trace_g.outputs[proj]),
+        return LayerSample(
+            layer=layer,
+            keys=_last_token(trace_c.inputs[proj]),
+            values=_last_token(trace_c.outputs[proj]),
+            targets=_last_token(trace_g.outputs[proj]),
         )
 
     @torch.no_grad()
-    def edited_value(self, lm: LoadedModel, layer: int, batch_c: Batch, key: torch.Tensor) -> torch.Tensor:
+    def edited_values(self, lm: LoadedModel, layer: int, batch_c: Batch, keys: torch.Tensor) -> torch.Tensor:
         proj = lm.adapter.out_proj_module(lm.model, layer)
-        return proj(key.to(proj.weight.dtype).unsqueeze(0)).squeeze(0).float()
+        return proj(keys.to(proj.weight.dtype)).float()
 
 
-def _report(
-    layer: int, key: torch.Tensor, value_c: torch.Tensor, value_star: torch.Tensor, edited: torch.Tensor
-) -> LayerReport:
-    value_star = value_star.float()
-    residual = (edited.float() - value_star).norm() / value_star.norm().clamp_min(1e-12)
+def _relative(error: torch.Tensor, reference: torch.Tensor) -> float:
+    return float(error.norm() / reference.norm().clamp_min(1e-12))
+
+
+def _report(sample: LayerSample, edited: torch.Tensor, *, rank: int) -> LayerReport:
+    """Fit residuals of the mean key and of every template's key; norms of the template means."""
+    mean_target = sample.targets.mean(dim=0)
     return LayerReport(
-        layer=layer,
-        key_norm=float(key.norm()),
-        value_shift_norm=float((value_star - value_c.float()).norm()),
-        fit_residual=float(residual),
+        layer=sample.layer,
+        key_norm=float(sample.keys.mean(dim=0).norm()),
+        value_shift_norm=float((mean_target - sample.values.mean(dim=0)).norm()),
+        fit_residual=_relative(edited.mean(dim=0) - mean_target, mean_target),
+        template_residual=_relative(edited - sample.targets, sample.targets),
+        rank=rank,
     )
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -13,6 +14,8 @@ from safetensors.torch import save as save_safetensors
 
 from service.engine.loading import LoadedModel
 
+DELTA_FORMAT = "creme-delta/2"  # rank-k factors [d, k], optional keys, method and params
+
 
 class InvalidDeltaError(ValueError):
     """A delta that must not touch the weights: corrupt, non-finite, or for another model."""
@@ -20,20 +23,40 @@ class InvalidDeltaError(ValueError):
 
 @dataclass(frozen=True)
 class LayerFactors:
-    """ΔW_layer = r uᵀ in [out, in] layout; both float32 on the CPU."""
+    """ΔW_layer = r uᵀ in [out, in] layout, rank k; float32 on the CPU.
+
+    ``u`` is [d_in, k] and ``r`` is [d_out, k] (1-D factors are read as rank one). ``keys`` are the
+    edit's own keys at this layer ([n, d_in]), kept so that later edits can protect this one.
+    """
 
     layer: int
-    u: torch.Tensor  # [d_in]: the mean key k̄
-    r: torch.Tensor  # [d_out]: (v̄* − v̄_c) / ‖k̄‖²
+    u: torch.Tensor
+    r: torch.Tensor
+    keys: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("u", "r"):
+            value = getattr(self, name)
+            if value.dim() == 1:
+                object.__setattr__(self, name, value.unsqueeze(1))
+
+    @property
+    def rank(self) -> int:
+        return int(self.u.shape[1])
 
 
 @dataclass(frozen=True)
 class EditDelta:
-    """The factors of one edit, in ascending layer order, bound to the model they were computed on."""
+    """The factors of one edit, in ascending layer order, bound to the model they were computed on.
+
+    ``method`` and ``params`` say how it was computed, so that it can be reproduced.
+    """
 
     factors: tuple[LayerFactors, ...]
     base_fingerprint: str
     family: str
+    method: str = "creme"
+    params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def layers(self) -> list[int]:
@@ -44,19 +67,25 @@ class EditDelta:
         for f in self.factors:
             tensors[f"layer.{f.layer}.u"] = f.u.contiguous()
             tensors[f"layer.{f.layer}.r"] = f.r.contiguous()
+            if f.keys is not None:
+                tensors[f"layer.{f.layer}.keys"] = f.keys.contiguous()
         metadata = {
+            "format": DELTA_FORMAT,
             "base_fingerprint": self.base_fingerprint,
             "family": self.family,
             "layers": json.dumps(self.layers),
+            "method": self.method,
+            "params": json.dumps(self.params, sort_keys=True),
         }
         return save_safetensors(tensors, metadata=metadata)
 
     def shapes(self) -> dict[str, list[int]]:
-        return {f"layer.{f.layer}": [int(f.r.numel()), int(f.u.numel())] for f in self.factors}
+        """[d_out, d_in, rank] of each layer's update."""
+        return {f"layer.{f.layer}": [int(f.r.shape[0]), int(f.u.shape[0]), f.rank] for f in self.factors}
 
     def norms(self) -> dict[int, float]:
-        """Frobenius norm of each layer's ΔW (= ‖r‖·‖u‖ for a rank-one matrix)."""
-        return {f.layer: float(f.r.norm() * f.u.norm()) for f in self.factors}
+        """Frobenius norm of each layer's ΔW."""
+        return {f.layer: float(torch.linalg.matrix_norm(f.r @ f.u.T)) for f in self.factors}
 
 
 def sha256_hex(data: bytes) -> str:
@@ -72,13 +101,29 @@ def delta_from_bytes(data: bytes, *, expected_sha256: str | None = None) -> Edit
         metadata = _metadata(data)
         layers = [int(x) for x in json.loads(metadata["layers"])]
         factors = tuple(
-            LayerFactors(layer=n, u=tensors[f"layer.{n}.u"].float(), r=tensors[f"layer.{n}.r"].float()) for n in layers
+            LayerFactors(
+                layer=n,
+                u=tensors[f"layer.{n}.u"].float(),
+                r=tensors[f"layer.{n}.r"].float(),
+                keys=tensors[f"layer.{n}.keys"].float() if f"layer.{n}.keys" in tensors else None,
+            )
+            for n in layers
         )
+        params = json.loads(metadata.get("params", "{}"))
+        if not isinstance(params, dict):
+            raise ValueError("params must be a JSON object")
     except (SafetensorError, KeyError, ValueError, TypeError) as exc:
         raise InvalidDeltaError(f"delta is not a readable CREME safetensors file: {exc}") from exc
-    if sorted(tensors) != sorted(f"layer.{n}.{p}" for n in layers for p in "ur"):
+    expected = {f"layer.{n}.{p}" for n in layers for p in "ur"}
+    if not expected <= set(tensors) or set(tensors) - expected - {f"layer.{n}.keys" for n in layers}:
         raise InvalidDeltaError("delta tensors do not match its layer list")
-    return EditDelta(factors=factors, base_fingerprint=metadata["base_fingerprint"], family=metadata["family"])
+    return EditDelta(
+        factors=factors,
+        base_fingerprint=metadata["base_fingerprint"],
+        family=metadata["family"],
+        method=metadata.get("method", "creme"),
+        params=params,
+    )
 
 
 def _metadata(data: bytes) -> dict[str, str]:
@@ -100,10 +145,12 @@ def validate_for(delta: EditDelta, lm: LoadedModel) -> None:
             raise InvalidDeltaError(f"delta layer {f.layer} is outside 0..{lm.n_layers - 1}")
         weight = lm.adapter.out_proj_module(lm.model, f.layer).weight
         d_out, d_in = (weight.shape[1], weight.shape[0]) if lm.adapter.weight_in_out else weight.shape
-        if f.u.shape != (d_in,) or f.r.shape != (d_out,):
+        if f.u.dim() != 2 or f.u.shape[0] != d_in or f.r.shape != (d_out, f.u.shape[1]) or f.rank < 1:
             raise InvalidDeltaError(
                 f"layer {f.layer}: factor shapes u{tuple(f.u.shape)} r{tuple(f.r.shape)} "
                 f"do not fit a [{d_out}, {d_in}] weight"
             )
+        if f.keys is not None and (f.keys.dim() != 2 or f.keys.shape[1] != d_in):
+            raise InvalidDeltaError(f"layer {f.layer}: keys of shape {tuple(f.keys.shape)} do not fit d_in={d_in}")
         if not (torch.isfinite(f.u).all() and torch.isfinite(f.r).all()):
             raise InvalidDeltaError(f"layer {f.layer}: delta contains NaN or infinity")

@@ -10,8 +10,9 @@ from statistics import fmean
 import torch
 
 from service.engine.delta import EditDelta
+from service.engine.judging import DEFAULT_RULE, JudgeRule, is_correct
 from service.engine.loading import LoadedModel
-from service.engine.prompts import answer_token_ids, greedy, is_correct, last_token_probs, mean_answer_prob
+from service.engine.prompts import answer_token_ids, greedy, last_token_probs, mean_answer_prob
 from service.engine.weights import WeightState
 
 PARAPHRASE_FRAME = "Q: Who is the prime minister of Canada?\nA: Justin Trudeau\nQ: {question}\nA:"
@@ -26,6 +27,7 @@ class Probe:
 
     prompt: str
     answer: str
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class SetMetrics:
 class Evaluation:
     sets: dict[str, SetMetrics]
     probes: dict[str, list[ProbeResult]]
+    rule: JudgeRule = DEFAULT_RULE
 
     @property
     def improved(self) -> bool:
@@ -97,18 +100,19 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return {
+            "judge": self.rule,
             "sets": {name: m.to_dict() for name, m in self.sets.items()},
             "probes": {name: [asdict(r) for r in results] for name, results in self.probes.items()},
         }
 
 
-def _rival_from(lm: LoadedModel, continuation: str, probs: torch.Tensor, answer: str) -> str:
+def _rival_from(lm: LoadedModel, continuation: str, probs: torch.Tensor, probe: Probe, rule: JudgeRule) -> str:
     """The model's own wrong answer: its greedy clause, or the best token that does not start the answer."""
     clause = " ".join(_CLAUSE_END.split(continuation, maxsplit=1)[0].split()[:4])
-    if clause and not is_correct(clause, answer):
+    if clause and not is_correct(clause, probe.answer, aliases=probe.aliases, rule=rule):
         return clause
     ranked = torch.argsort(probs, descending=True)[:2].tolist()
-    first = answer_token_ids(lm, answer)[0]
+    first = answer_token_ids(lm, probe.answer)[0]
     best = ranked[1] if ranked[0] == first else ranked[0]
     return lm.tokenizer.decode([best]).strip() or lm.tokenizer.decode([best])
 
@@ -120,6 +124,7 @@ def read_probes(
     rivals: Sequence[str] | None = None,
     leak_answer: str | None = None,
     max_new_tokens: int = 10,
+    rule: JudgeRule = DEFAULT_RULE,
 ) -> list[Reading]:
     """Read every probe on the model as it is now, in chunks; rivals are derived when not given."""
     readings: list[Reading] = []
@@ -129,14 +134,14 @@ def read_probes(
         probs = last_token_probs(lm, prompts)
         texts = greedy(lm, prompts, max_new_tokens=max_new_tokens)
         for i, (probe, row, text) in enumerate(zip(chunk, probs, texts, strict=True)):
-            rival = rivals[start + i] if rivals is not None else _rival_from(lm, text, row, probe.answer)
+            rival = rivals[start + i] if rivals is not None else _rival_from(lm, text, row, probe, rule)
             readings.append(
                 Reading(
                     p_answer=mean_answer_prob(row, answer_token_ids(lm, probe.answer)),
                     rival=rival,
                     p_rival=mean_answer_prob(row, answer_token_ids(lm, rival)),
                     continuation=text,
-                    correct=is_correct(text, probe.answer),
+                    correct=is_correct(text, probe.answer, aliases=probe.aliases, rule=rule),
                     p_leak=None if leak_answer is None else mean_answer_prob(row, answer_token_ids(lm, leak_answer)),
                 )
             )
@@ -177,11 +182,16 @@ def evaluate_edit(
     *,
     edited_answer: str,
     max_new_tokens: int = 10,
+    rule: JudgeRule = DEFAULT_RULE,
 ) -> Evaluation:
     """Read every set before and with ``delta`` applied on top of the current state, then undo it."""
     pre = {
         name: read_probes(
-            lm, probes, leak_answer=edited_answer if name == "specificity" else None, max_new_tokens=max_new_tokens
+            lm,
+            probes,
+            leak_answer=edited_answer if name == "specificity" else None,
+            max_new_tokens=max_new_tokens,
+            rule=rule,
         )
         for name, probes in sets.items()
     }
@@ -193,6 +203,7 @@ def evaluate_edit(
                 rivals=[r.rival for r in pre[name]],
                 leak_answer=edited_answer if name == "specificity" else None,
                 max_new_tokens=max_new_tokens,
+                rule=rule,
             )
             for name, probes in sets.items()
         }
@@ -203,4 +214,4 @@ def evaluate_edit(
         ]
         for name, sets_probes in sets.items()
     }
-    return Evaluation(sets={name: summarise(results) for name, results in probes.items()}, probes=probes)
+    return Evaluation(sets={name: summarise(results) for name, results in probes.items()}, probes=probes, rule=rule)

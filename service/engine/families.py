@@ -59,8 +59,8 @@ class FamilyAdapter:
         return model.get_output_embeddings().weight
 
     def delta_as_weight(self, r: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """The rank-one update r uᵀ ([out, in]) in the layout the weight is stored in."""
-        delta_out_in = torch.outer(r, u)
+        """The update r uᵀ (r [out, k], u [in, k]) in the layout the weight is stored in."""
+        delta_out_in = r @ u.T
         return delta_out_in.T if self.weight_in_out else delta_out_in
 
 

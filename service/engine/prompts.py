@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,16 +90,3 @@ def greedy(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 8) -> 
     )
     new_tokens = out[:, batch.input_ids.shape[1] :]
     return lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-
-
-_LEADING_THE = re.compile(r"^\s*(the\s+)?", re.IGNORECASE)
-
-
-def normalise_answer(text: str) -> str:
-    return _LEADING_THE.sub("", text).strip().casefold()
-
-
-def is_correct(continuation: str, answer: str) -> bool:
-    """Greedy accuracy as CREME.md defines it: the text starts with the answer, after an optional 'the'."""
-    target = normalise_answer(answer)
-    return bool(target) and normalise_answer(continuation).startswith(target)

@@ -15,9 +15,10 @@ from service.engine.loading import LoadedModel
 class WeightState:
     """Applies and reverts edits by rebuilding each touched weight from its pristine copy.
 
-    A touched weight is always ``pristine + Σ active ΔW`` summed in float32, in activation order,
-    then cast to the model dtype; with no delta touching it the pristine tensor is copied back,
-    so reverting everything restores the loaded model bit for bit.
+    A touched weight is always ``pristine + Σ active ΔW``, the sum taken in float32 as one product
+    of the stacked factors (in activation order), then cast to the model dtype; with no delta
+    touching it the pristine tensor is copied back, so reverting everything restores the loaded
+    model bit for bit.
     """
 
     def __init__(self, lm: LoadedModel) -> None:
@@ -56,6 +57,21 @@ class WeightState:
             raise KeyError(f"edit {edit_id} is not active on this model")
         self.set_active([(i, d) for i, d in self._active if i != edit_id])
 
+    @property
+    def active(self) -> list[tuple[str, EditDelta]]:
+        """The active edits in order, with their deltas."""
+        return list(self._active)
+
+    @contextmanager
+    def pristine(self) -> Iterator[None]:
+        """The base model for the duration of the block (no edit active), then the same edits again."""
+        previous = list(self._active)
+        self.set_active([])
+        try:
+            yield
+        finally:
+            self.set_active(previous)
+
     @contextmanager
     def trial(self, edit_id: str, delta: EditDelta) -> Iterator[None]:
         """Apply ``delta`` for the duration of the block, then restore the previous state exactly."""
@@ -87,10 +103,10 @@ class WeightState:
         deltas = [f for _, d in edits for f in d.factors if f.layer == layer]
         if not deltas:
             return pristine
-        total = pristine.to(torch.float32)
-        for f in deltas:
-            total = total + self.lm.adapter.delta_as_weight(f.r, f.u).to(total.device)
-        return total.to(pristine.dtype)
+        r = torch.cat([f.r for f in deltas], dim=1)  # [d_out, Σk], in activation order
+        u = torch.cat([f.u for f in deltas], dim=1)  # [d_in, Σk]
+        update = self.lm.adapter.delta_as_weight(r.to(pristine.device), u.to(pristine.device))
+        return (pristine.to(torch.float32) + update).to(pristine.dtype)
 
 
 @contextmanager
@@ -105,7 +121,7 @@ def restored_after(lm: LoadedModel, layers: Sequence[int]) -> Iterator[None]:
 
 
 def add_in_place(lm: LoadedModel, layer: int, u: torch.Tensor, r: torch.Tensor) -> None:
-    """W_layer ← W_layer + r uᵀ, computed in float32 (used while computing an edit)."""
+    """W_layer ← W_layer + r uᵀ (r [d_out, k], u [d_in, k]), in float32 (used while computing an edit)."""
     weight = lm.adapter.out_proj_module(lm.model, layer).weight.data
     updated = weight.float() + lm.adapter.delta_as_weight(r, u).to(weight.device)
     weight.copy_(updated.to(weight.dtype))

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,10 +22,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db.models import Edit, EditDelta, Job, utcnow
 from service.db.session import session_scope
 from service.db.state import NotFound, StateConflict, StateError, VersionMismatch, apply_edit
-from service.engine.creme import CompositionalQuery, EditCancelled, compute_edit
+from service.engine.context import EditContext
+from service.engine.creme import CompositionalQuery, EditCancelled
 from service.engine.delta import InvalidDeltaError, sha256_hex
 from service.engine.evaluate import PARAPHRASE_FRAME, EvalSets, Probe, evaluate_edit
+from service.engine.judging import DEFAULT_RULE
 from service.engine.loading import LoadedModel
+from service.engine.methods import compute_with, method_spec
+from service.engine.safety import Canary, check_safety
 from service.engine.weights import WeightState
 from service.jobs import payloads as P
 from service.jobs.claims import ClaimLost, is_cancel_requested, lock_claim, mark_edit_failed, problem, report_progress
@@ -66,6 +70,10 @@ class JobContext:
     settings: Settings
     reconciler: Reconciler
     should_stop: Callable[[], bool] = _never
+    edit_context: EditContext = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.edit_context = EditContext(self.lm, self.weights, self.settings.cache_dir)
 
 
 def default_layers(lm: LoadedModel) -> list[int]:
@@ -183,9 +191,10 @@ def eval_sets(prompt: str, answer: str, request: dict[str, Any]) -> EvalSets:
     """The evaluation sets of an edit request; paraphrases are questions put in the QA frame."""
     raw = request.get("paraphrases") or ()
     questions = [q if isinstance(q, str) else q.get("question") or q.get("prompt") for q in raw]
+    aliases = tuple(request.get("answer_aliases") or ())
     return EvalSets(
-        correction=(Probe(prompt, answer),),
-        paraphrase=tuple(Probe(PARAPHRASE_FRAME.format(question=q), answer) for q in questions if q),
+        correction=(Probe(prompt, answer, aliases),),
+        paraphrase=tuple(Probe(PARAPHRASE_FRAME.format(question=q), answer, aliases) for q in questions if q),
         generalization=_probes(request.get("generalization")),
         specificity=_probes(request.get("specificity")),
     )
@@ -230,8 +239,7 @@ def _edit(job: Job, payload: P.EditPayload, ctx: JobContext) -> dict[str, Any]:
     if edit.status in ("applied", "reverted"):  # an earlier attempt finished it
         return {"edit_id": edit.id, "status": edit.status, "applied": edit.status == "applied", "recomputed": False}
     if edit.status == "computed":  # an earlier attempt stored it, then stopped before applying
-        improved = bool((edit.metrics or {}).get("improved"))
-        return _settle(ctx, edit, improved=improved, layers=edit.layers, computed_on=edit.computed_on_version)
+        return _settle(ctx, edit, edit.metrics or {}, layers=edit.layers, computed_on=edit.computed_on_version)
     if edit.status == "failed":
         raise JobError(edit.error or problem("edit-failed", "edit failed", 409, f"edit {edit.id} already failed"))
     try:
@@ -260,22 +268,35 @@ def _compute_and_apply(job: Job, edit: _EditRequest, ctx: JobContext) -> dict[st
     layers = edit.layers or list(edit.request.get("layers") or []) or default_layers(lm)
     total = len(layers) + 2
     version = ctx.reconciler.version
-    sets = eval_sets(edit.prompt, edit.answer, edit.request)
-    result = compute_edit(
-        lm,
+    rule = edit.request.get("judge") or DEFAULT_RULE
+    aliases = tuple(edit.request.get("answer_aliases") or ())
+    spec = method_spec(edit.method, edit.request.get("templates") or "published")
+    result = compute_with(
+        ctx.edit_context,
         CompositionalQuery(edit.prompt, edit.hop1_phrase, edit.bridge),
         layers,
+        spec,
+        answer=edit.answer,
+        answer_aliases=aliases,
+        rule=rule,
         progress=lambda step, _n, message: _progress(ctx, job, step, total, message),
         should_cancel=lambda: _cancelled(ctx, job),
     )
-    _progress(ctx, job, len(layers) + 1, total, "evaluating")
-    evaluation = evaluate_edit(lm, ctx.weights, result.delta, sets, edited_answer=edit.answer)
+    _progress(ctx, job, len(layers) + 1, total, "evaluating and checking canaries")
+    sets = eval_sets(edit.prompt, edit.answer, edit.request)
+    evaluation = evaluate_edit(lm, ctx.weights, result.delta, sets, edited_answer=edit.answer, rule=rule)
+    safety = check_safety(ctx.edit_context, result.delta, Canary(edit.prompt, edit.answer, aliases), rule)
     if _cancelled(ctx, job):
         raise EditCancelled("edit cancelled")
     evaluated = evaluation.to_dict()
     metrics = {
         **evaluated["sets"],
+        "judge": rule,
         "improved": evaluation.improved,
+        "safety": safety.to_dict(),
+        "generic_kl": safety.generic_kl,
+        "method": result.delta.method,
+        "method_params": result.delta.params,
         "guide_prompt": result.guide_prompt,
         "layer_reports": [asdict(report) for report in result.reports],
         "delta_norms": {str(layer): norm for layer, norm in result.delta.norms().items()},
@@ -298,20 +319,32 @@ def _compute_and_apply(job: Job, edit: _EditRequest, ctx: JobContext) -> dict[st
             error=None,
         )
     _progress(ctx, job, len(layers) + 2, total, "applying")
-    return _settle(ctx, edit, improved=evaluation.improved, layers=layers, computed_on=version)
+    return _settle(ctx, edit, metrics, layers=layers, computed_on=version)
 
 
 def _settle(
-    ctx: JobContext, edit: _EditRequest, *, improved: bool, layers: list[int], computed_on: int | None
+    ctx: JobContext, edit: _EditRequest, metrics: dict[str, Any], *, layers: list[int], computed_on: int | None
 ) -> dict[str, Any]:
-    """Apply a computed edit as its policy says; the job's result."""
-    wanted = edit.apply_policy == "always" or (edit.apply_policy == "if_improved" and improved)
+    """Apply a computed edit as its policy says; the job's result.
+
+    ``if_safe`` applies only an edit that fixes its own query and breaks no canary (the known facts
+    and the queries of the edits active when it was checked); otherwise it stays ``computed``.
+    """
+    improved = bool(metrics.get("improved"))
+    safety = metrics.get("safety") or {}
+    wanted = {
+        "always": True,
+        "if_improved": improved,
+        "if_safe": bool(safety.get("safe")),
+        "never": False,
+    }.get(edit.apply_policy, False)
     applied, apply_error = _apply(ctx, edit) if wanted else (False, None)
     outcome: dict[str, Any] = {
         "edit_id": edit.id,
         "status": "applied" if applied else "computed",
         "applied": applied,
         "improved": improved,
+        "safe": safety.get("safe"),
         "apply_policy": edit.apply_policy,
         "layers": sorted(set(layers)),
         "computed_on_version": computed_on,
@@ -319,7 +352,21 @@ def _settle(
     }
     if apply_error:
         outcome["apply_error"] = apply_error
+    if edit.apply_policy == "if_safe" and not wanted:
+        outcome["refused"] = _refusal(safety)
     return outcome
+
+
+def _refusal(safety: dict[str, Any]) -> str:
+    """Why ``if_safe`` left the edit unapplied, in words."""
+    reasons = []
+    if not safety.get("fixes_own_query"):
+        reasons.append(f"it does not fix its own query (the model says {safety.get('own_continuation')!r})")
+    broken = (safety.get("canaries") or {}).get("regressions") or []
+    if broken:
+        names = "; ".join(f"{c['prompt']!r} ({c['source']})" for c in broken[:5])
+        reasons.append(f"it breaks {len(broken)} canar{'y' if len(broken) == 1 else 'ies'}: {names}")
+    return "not applied (if_safe): " + (" and ".join(reasons) or "no safety check was recorded")
 
 
 def _apply(ctx: JobContext, edit: _EditRequest) -> tuple[bool, str | None]:

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.engine.judging import DEFAULT_RULE, JudgeRule
+from service.engine.options import DEFAULT_APPLY, DEFAULT_METHOD, ApplyPolicy, MethodName, TemplateSetName
 from service.jobs.payloads import PAYLOADS
 from service.settings import Settings
 from service.usecases.errors import InvalidRequest
 
 MAX_LAYERS_UNKNOWN = 1024
+MAX_TEMPLATES = 32
+MAX_ALIASES = 16
 CASE_TEXT_FIELDS = ("compositional", "hop1_phrase", "bridge", "hop2", "answer")
 Loc = tuple[str | int, ...]
 
@@ -64,9 +68,22 @@ class EditRequest(BaseModel):
     paraphrases: list[str] = Field(default_factory=list, description="Paraphrased questions.")
     generalization: list[ProbeRequest] = Field(default_factory=list)
     specificity: list[ProbeRequest] = Field(default_factory=list)
+    answer_aliases: list[str] = Field(default_factory=list, description="Other names of the answer, for judging.")
+    bridge_aliases: list[str] = Field(default_factory=list, description="Other names of the bridge entity.")
     layers: list[int] | None = Field(None, description="Layers to edit; null lets the worker choose.")
-    method: Literal["creme"] = "creme"
-    apply: Literal["always", "if_improved", "never"] = "if_improved"
+    method: MethodName = Field(
+        DEFAULT_METHOD,
+        description="creme (published), least-squares, local (protects generic text and active edits), "
+        "auto (local with the smallest gain that fixes the query).",
+    )
+    templates: TemplateSetName | list[str] = Field(
+        "published", description="Context templates: a set name or a custom list, each with exactly one '{}'."
+    )
+    judge: JudgeRule = Field(DEFAULT_RULE, description="How greedy answers are judged: published or strict.")
+    apply: ApplyPolicy = Field(
+        DEFAULT_APPLY,
+        description="if_safe: apply only if the edit fixes its query and breaks no canary fact or active edit.",
+    )
 
 
 def _error(loc: Loc, msg: str, kind: str) -> dict[str, Any]:
@@ -107,6 +124,15 @@ def _check_layers(layers: Sequence[int] | None, loc: Loc, limits: Limits, errors
         errors.append(_error(loc, "layers must not repeat", "layers_repeated"))
 
 
+def _check_templates(templates: Sequence[str], loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
+    if not 1 <= len(templates) <= MAX_TEMPLATES:
+        errors.append(_error(loc, f"give 1 to {MAX_TEMPLATES} templates (got {len(templates)})", "templates_count"))
+    for i, template in enumerate(templates):
+        _check_text(template, (*loc, i), limits, errors)
+        if isinstance(template, str) and template.count("{}") != 1:
+            errors.append(_error((*loc, i), "a template must contain '{}' exactly once", "template_placeholder"))
+
+
 def _check_count(count: int, loc: Loc, what: str, limits: Limits, errors: list[dict[str, Any]]) -> None:
     if count > limits.max_eval_queries:
         msg = f"{count} {what} exceed the limit of {limits.max_eval_queries}"
@@ -126,6 +152,14 @@ def validate_edit_request(raw: Mapping[str, Any], limits: Limits) -> dict[str, A
     _check_hop1(req.prompt, req.hop1_phrase, (*prefix, "hop1_phrase"), errors)
     for i, question in enumerate(req.paraphrases):
         _check_text(question, (*prefix, "paraphrases", i), limits, errors)
+    for name in ("answer_aliases", "bridge_aliases"):
+        values = getattr(req, name)
+        if len(values) > MAX_ALIASES:
+            errors.append(_error((*prefix, name), f"at most {MAX_ALIASES} aliases (got {len(values)})", "too_long"))
+        for i, alias in enumerate(values):
+            _check_text(alias, (*prefix, name, i), limits, errors)
+    if isinstance(req.templates, list):
+        _check_templates(req.templates, (*prefix, "templates"), limits, errors)
     for name in ("generalization", "specificity"):
         for i, probe in enumerate(getattr(req, name)):
             _check_text(probe.prompt, (*prefix, name, i, "prompt"), limits, errors)

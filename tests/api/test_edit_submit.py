@@ -32,7 +32,7 @@ def test_submit_edit_creates_pending_edit_and_queued_job(
         job = session.get(Job, data["job"]["id"])
         assert edit is not None and job is not None
         assert (edit.status, edit.base_model, edit.job_id, edit.layers) == ("pending", "test-model", job.id, [4, 5])
-        assert edit.request["paraphrases"] == body["paraphrases"] and edit.request["apply"] == "if_improved"
+        assert edit.request["paraphrases"] == body["paraphrases"] and edit.request["apply"] == "if_safe"
         assert (job.kind, job.status, job.payload) == ("edit", "queued", {"edit_id": edit.id})
     shown = client.get(f"/v1/edits/{data['id']}").json()
     assert shown["status"] == "pending" and shown["job_id"] == job.id and shown["metrics"] is None

@@ -47,8 +47,8 @@ def test_edit_defaults_and_round_trip(session: Session, factory: sessionmaker[Se
         edit = other.get(Edit, edit_id)
         assert edit is not None
         assert len(edit.id) == 36
-        assert edit.method == "creme"
-        assert edit.apply_policy == "if_improved"
+        assert edit.method == "auto"
+        assert edit.apply_policy == "if_safe"
         assert edit.layers == [4, 5]
         assert edit.request["specificity"] == []
         assert edit.created_at.tzinfo is not None and edit.created_at.utcoffset() == timedelta(0)

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from service.cases import TwoHopCase
-from service.engine.prompts import is_correct
+from service.engine.judging import is_correct
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 240.0

@@ -14,8 +14,8 @@ from service.engine.evaluate import (
     evaluate_edit,
     summarise,
 )
+from service.engine.judging import is_correct
 from service.engine.loading import LoadedModel
-from service.engine.prompts import is_correct
 from service.engine.weights import WeightState
 from tests.engine.helpers import failing_case
 
@@ -49,8 +49,8 @@ def test_summarise_aggregates_as_defined() -> None:
         ("", "Tokyo", False),
     ],
 )
-def test_greedy_accuracy_rule(text: str, answer: str, expected: bool) -> None:
-    assert is_correct(text, answer) is expected
+def test_strict_greedy_accuracy_rule(text: str, answer: str, expected: bool) -> None:
+    assert is_correct(text, answer, rule="strict") is expected
 
 
 def test_real_edit_is_evaluated_and_undone(smol: LoadedModel) -> None:

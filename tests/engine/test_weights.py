@@ -52,10 +52,10 @@ def test_edited_weight_is_pristine_plus_float32_sum(smol: LoadedModel, deltas: l
     pristine = smol.adapter.out_proj_module(smol.model, 12).weight.detach().clone()
     weights.set_active([("a", deltas[0]), ("b", deltas[1])])
     try:
-        expected = pristine.float()
-        for delta in deltas:
-            f = next(f for f in delta.factors if f.layer == 12)
-            expected = expected + torch.outer(f.r, f.u)
+        layer12 = [next(f for f in delta.factors if f.layer == 12) for delta in deltas]
+        stacked_r = torch.cat([f.r for f in layer12], dim=1)
+        stacked_u = torch.cat([f.u for f in layer12], dim=1)
+        expected = pristine.float() + stacked_r @ stacked_u.T
         assert torch.equal(smol.adapter.out_proj_module(smol.model, 12).weight, expected)
     finally:
         weights.set_active([])
@@ -122,3 +122,36 @@ def test_delta_for_another_model_is_refused(smol: LoadedModel, deltas: list[Edit
     foreign = dataclasses.replace(deltas[0], base_fingerprint="0" * 32)
     with pytest.raises(InvalidDeltaError, match="base model"):
         WeightState(smol).apply("x", foreign)
+
+
+def test_rank_k_delta_round_trip_keeps_method_params_and_keys(smol: LoadedModel, deltas: list[EditDelta]) -> None:
+    g = torch.Generator().manual_seed(0)
+    factors = tuple(
+        dataclasses.replace(f, u=torch.randn(f.u.shape[0], 3, generator=g), r=torch.randn(f.r.shape[0], 3, generator=g))
+        for f in deltas[0].factors
+    )
+    delta = dataclasses.replace(deltas[0], factors=factors, method="local", params={"strength": 100.0})
+    back = delta_from_bytes(delta.to_bytes())
+    assert back.method == "local" and back.params == {"strength": 100.0}
+    for a, b in zip(back.factors, delta.factors, strict=True):
+        assert a.rank == 3 and torch.equal(a.u, b.u) and torch.equal(a.r, b.r) and torch.equal(a.keys, b.keys)
+    assert delta.shapes()[f"layer.{factors[0].layer}"][2] == 3
+    weights = WeightState(smol)
+    checksum = weights.checksum()
+    weights.apply("k", back)
+    assert weights.checksum() != checksum
+    weights.revert("k")
+    assert weights.checksum() == checksum
+
+
+def test_rank_one_files_of_the_first_format_still_load(smol: LoadedModel, deltas: list[EditDelta]) -> None:
+    from safetensors.torch import save
+
+    f = deltas[0].factors[0]
+    legacy = save(
+        {f"layer.{f.layer}.u": f.u[:, 0].contiguous(), f"layer.{f.layer}.r": f.r[:, 0].contiguous()},
+        metadata={"base_fingerprint": smol.fingerprint, "family": "llama", "layers": f"[{f.layer}]"},
+    )
+    back = delta_from_bytes(legacy)
+    assert back.method == "creme" and back.factors[0].rank == 1 and back.factors[0].keys is None
+    assert torch.equal(back.factors[0].u, f.u) and torch.equal(back.factors[0].r, f.r)

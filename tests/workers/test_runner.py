@@ -104,3 +104,41 @@ def test_a_retried_edit_job_applies_what_an_earlier_attempt_computed(
     finally:
         weights.set_active([])
         queue.close()
+
+
+@pytest.mark.parametrize(("safe", "applied"), [(False, False), (True, True)])
+def test_if_safe_applies_only_a_safe_edit(
+    factory: Factory, tiny_pair: tuple[LoadedModel, LoadedModel], safe: bool, applied: bool
+) -> None:
+    """A computed edit whose safety check found a broken canary stays computed, with the reason."""
+    lm = tiny_pair[0]
+    query = CompositionalQuery(CASE["prompt"], CASE["hop1_phrase"], CASE["bridge"])
+    delta = compute_edit(lm, query, [1, 2]).delta
+    edit_id = add_edit(factory, lm, delta=delta, status="computed", layers=[1, 2], apply_policy="if_safe")
+    broken = {"prompt": "The capital of France is", "answer": "Paris", "aliases": [], "source": "fact"}
+    safety = {
+        "safe": safe,
+        "fixes_own_query": True,
+        "own_continuation": " Asia",
+        "canaries": {"checked": 1, "kept": int(safe), "regressions": [] if safe else [broken]},
+    }
+    with factory() as session:
+        session.execute(update(Edit).where(Edit.id == edit_id).values(metrics={"improved": True, "safety": safety}))
+        session.commit()
+    weights = WeightState(lm)
+    reconciler = Reconciler(lm, weights, factory, worker_id="w")
+    queue = InProcessQueue()
+    ctx = JobContext(lm, weights, factory, queue, "w", Settings(), reconciler)
+    job_id = add_job(factory, "edit", {"edit_id": edit_id})
+    with factory() as session:
+        job = claim(session, job_id, "w", 30.0)
+    try:
+        result = run_job(job, ctx)  # type: ignore[arg-type]
+        assert result["applied"] is applied and result["safe"] is safe
+        assert weights.active_ids == ([edit_id] if applied else [])
+        if not applied:
+            assert result["status"] == "computed"
+            assert "The capital of France is" in result["refused"] and "1 canary" in result["refused"]
+    finally:
+        weights.set_active([])
+        queue.close()
