@@ -169,6 +169,7 @@ class _EditRequest:
     answer: str
     request: dict[str, Any]
     layers: list[int]
+    method: str
     apply_policy: str
     actor: str | None
     error: dict[str, Any] | None
@@ -215,6 +216,7 @@ def _load_edit(ctx: JobContext, edit_id: str) -> _EditRequest:
             answer=edit.answer,
             request=dict(edit.request or {}),
             layers=list(edit.layers or []),
+            method=edit.method,
             apply_policy=edit.apply_policy,
             actor=edit.actor,
             error=edit.error,

@@ -90,7 +90,7 @@ def test_edit_job_patches_the_query_and_revert_restores_the_model(embedded: Embe
     assert [r["layer"] for r in metrics["layer_reports"]] == [12, 13, 14]
     with factory() as session:
         row = session.get(EditDelta, edit_id)
-        assert row.sha256 == sha256_hex(row.data) and row.shapes == {f"layer.{n}": [576, 576] for n in (12, 13, 14)}
+        assert row.sha256 == sha256_hex(row.data) and row.shapes == {f"layer.{n}": [576, 576, 1] for n in (12, 13, 14)}
         assert delta_from_bytes(row.data, expected_sha256=row.sha256).layers == [12, 13, 14]
         state = get_state(session, smol_lm.name)
         assert (state.version, state.active_edit_ids) == (1, [edit_id])
