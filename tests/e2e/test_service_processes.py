@@ -27,7 +27,7 @@ def test_embedded_serve_patches_reverts_and_analyses(tmp_path: Path) -> None:
     port = free_port()
     env = creme_env(CREME_DATABASE_URL=f"sqlite:///{tmp_path / 'creme.db'}", CREME_PORT=str(port))
     log = tmp_path / "serve.log"
-    with creme_process(["serve"], env, log), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    with creme_process(["serve"], env, log), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=240) as client:
         wait_for("the API", lambda: client.get("/healthz").status_code == 200, logs=[log])
         exercise_patch_flow(client, failing_case("mquake-2hop-0394"), n_workers=1, logs=[log])
 
@@ -62,6 +62,6 @@ def test_two_worker_processes_converge_on_postgres_and_redis(tmp_path: Path, pos
         (["worker"], {**env, "CREME_WORKER_ID": "worker-a"}, logs[1]),
         (["worker"], {**env, "CREME_WORKER_ID": "worker-b"}, logs[2]),
     ]
-    with processes(*specs), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+    with processes(*specs), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=240) as client:
         wait_for("the gateway", lambda: client.get("/healthz").status_code == 200, logs=logs)
         exercise_patch_flow(client, failing_case("mquake-2hop-0394"), n_workers=2, logs=logs)
