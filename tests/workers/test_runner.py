@@ -8,7 +8,7 @@ import math
 import pytest
 from sqlalchemy import update
 
-from service.db import Edit
+from service.db import Edit, Job
 from service.engine.creme import CompositionalQuery, compute_edit
 from service.engine.evaluate import PARAPHRASE_FRAME
 from service.engine.loading import LoadedModel
@@ -79,6 +79,21 @@ def test_helpers(tiny_pair: tuple[LoadedModel, LoadedModel]) -> None:
     assert failure["status"] == 500 and "RuntimeError: boom" in failure["detail"]
 
 
+def _computed_edit_job(factory: Factory, lm: LoadedModel, edit_id: str, metrics: dict) -> tuple[JobContext, Job]:
+    """Store ``metrics`` on the computed edit, queue its job and claim it for worker "w"."""
+    with factory() as session:
+        session.execute(update(Edit).where(Edit.id == edit_id).values(metrics=metrics))
+        session.commit()
+    weights = WeightState(lm)
+    reconciler = Reconciler(lm, weights, factory, worker_id="w")
+    ctx = JobContext(lm, weights, factory, InProcessQueue(), "w", Settings(), reconciler)
+    job_id = add_job(factory, "edit", {"edit_id": edit_id})
+    with factory() as session:
+        job = claim(session, job_id, "w", 30.0)
+    assert job is not None
+    return ctx, job
+
+
 def test_a_retried_edit_job_applies_what_an_earlier_attempt_computed(
     factory: Factory, tiny_pair: tuple[LoadedModel, LoadedModel]
 ) -> None:
@@ -87,16 +102,8 @@ def test_a_retried_edit_job_applies_what_an_earlier_attempt_computed(
     query = CompositionalQuery(CASE["prompt"], CASE["hop1_phrase"], CASE["bridge"])
     delta = compute_edit(lm, query, [1, 2]).delta
     edit_id = add_edit(factory, lm, delta=delta, status="computed", layers=[1, 2])
-    with factory() as session:
-        session.execute(update(Edit).where(Edit.id == edit_id).values(metrics={"improved": True}))
-        session.commit()
-    weights = WeightState(lm)
-    reconciler = Reconciler(lm, weights, factory, worker_id="w")
-    queue = InProcessQueue()
-    ctx = JobContext(lm, weights, factory, queue, "w", Settings(), reconciler)
-    job_id = add_job(factory, "edit", {"edit_id": edit_id})
-    with factory() as session:
-        job = claim(session, job_id, "w", 30.0)
+    ctx, job = _computed_edit_job(factory, lm, edit_id, {"improved": True})
+    weights, queue = ctx.weights, ctx.queue
     try:
         result = run_job(job, ctx)  # type: ignore[arg-type]
         assert result["applied"] and result["status"] == "applied" and result["state_version"] == 1
@@ -122,16 +129,8 @@ def test_if_safe_applies_only_a_safe_edit(
         "own_continuation": " Asia",
         "canaries": {"checked": 1, "kept": int(safe), "regressions": [] if safe else [broken]},
     }
-    with factory() as session:
-        session.execute(update(Edit).where(Edit.id == edit_id).values(metrics={"improved": True, "safety": safety}))
-        session.commit()
-    weights = WeightState(lm)
-    reconciler = Reconciler(lm, weights, factory, worker_id="w")
-    queue = InProcessQueue()
-    ctx = JobContext(lm, weights, factory, queue, "w", Settings(), reconciler)
-    job_id = add_job(factory, "edit", {"edit_id": edit_id})
-    with factory() as session:
-        job = claim(session, job_id, "w", 30.0)
+    ctx, job = _computed_edit_job(factory, lm, edit_id, {"improved": True, "safety": safety})
+    weights, queue = ctx.weights, ctx.queue
     try:
         result = run_job(job, ctx)  # type: ignore[arg-type]
         assert result["applied"] is applied and result["safe"] is safe
