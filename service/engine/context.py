@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from service.engine.keystats import key_statistics
 from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -25,6 +28,17 @@ class EditContext:
     weights: WeightState
     cache_dir: Path | None = None
     _moments: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _state_memo: tuple[str, dict[Hashable, Any]] = field(default=("", {}), repr=False)
+
+    def per_state(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()`` once per model state (active edits): readings of the state an edit starts from."""
+        state = self.weights.fingerprint()
+        if self._state_memo[0] != state:
+            self._state_memo = (state, {})
+        memo = self._state_memo[1]
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
 
     def second_moments(self, layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """C_l of generic text for each of ``layers`` ([d_in, d_in], float32)."""

@@ -25,6 +25,7 @@ from service.engine.prompts import encode, greedy
 
 _CANARY_TOKENS = 8
 _CHUNK = 64
+_DRIFT_WORDS = 64  # the opening words of each held-out paragraph: about 700 tokens in all
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class DriftProbe:
 
     def __init__(self, lm: LoadedModel) -> None:
         self.lm = lm
-        self.batch = encode(lm, drift_paragraphs())
+        self.batch = encode(lm, [" ".join(p.split()[:_DRIFT_WORDS]) for p in drift_paragraphs()])
         self.mask = self.batch.attention_mask.bool()
         self.reference = self._log_probs()
 
@@ -150,8 +151,8 @@ def canaries_for(ctx: EditContext, rule: JudgeRule = DEFAULT_RULE) -> list[Canar
 def check_safety(ctx: EditContext, delta: EditDelta, own: Canary, rule: JudgeRule = DEFAULT_RULE) -> SafetyReport:
     """Read the canaries and the drift sample before and with ``delta`` on top of the current state."""
     canaries = canaries_for(ctx, rule)
-    before = answered(ctx.lm, canaries, rule)
-    drift = DriftProbe(ctx.lm)
+    before = ctx.per_state(("canaries", rule, tuple(canaries)), lambda: answered(ctx.lm, canaries, rule))
+    drift = ctx.per_state(("drift",), lambda: DriftProbe(ctx.lm))
     with ctx.weights.trial("safety-check", delta):
         after = answered(ctx.lm, canaries, rule)
         own_text = greedy(ctx.lm, [own.prompt], max_new_tokens=_CANARY_TOKENS + 2)[0]
