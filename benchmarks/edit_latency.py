@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 
 from service.cases import load_cases
-from service.cli import parse_layers
+from service.cli import load_from_settings, parse_layers
 from service.engine.creme import CompositionalQuery, compute_edit, default_layers
-from service.engine.loading import load_model
 from service.settings import get_settings
 
 CASES = Path(__file__).resolve().parents[1] / "tests" / "data" / "mquake_sample.jsonl"
@@ -33,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = get_settings()
-    lm = load_model(settings.model, cache_dir=settings.cache_dir, dtype=settings.dtype, device=settings.device)
+    lm = load_from_settings(settings)
     layers = args.layers or default_layers(lm)
     cases = [c for c in load_cases(CASES) if c.id in FAILING]
     queries = [CompositionalQuery(c.compositional, c.hop1_phrase, c.bridge) for c in cases]

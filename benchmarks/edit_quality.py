@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from service.cases import load_cases
+from service.cli import load_from_settings
 from service.dataset_eval import evaluate_dataset
 from service.engine.compositionality import check_cases
 from service.engine.judging import DEFAULT_RULE, JUDGE_RULES
-from service.engine.loading import load_model
 from service.engine.methods import method_spec
 from service.engine.options import METHODS
 from service.settings import get_settings
@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = get_settings()
-    lm = load_model(settings.model, cache_dir=settings.cache_dir, dtype=settings.dtype, device=settings.device)
+    lm = load_from_settings(settings)
     cases = load_cases(args.data)
     started = time.perf_counter()
     gap = check_cases(lm, cases, screen_hop1=True, rule=args.judge)

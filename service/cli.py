@@ -39,7 +39,8 @@ def parse_layers(text: str) -> list[int]:
     return sorted(layers)
 
 
-def _load(settings: Settings):
+def load_from_settings(settings: Settings):
+    """The model ``settings`` name, with its dtype and device (used by the commands and benchmarks)."""
     from service.engine.loading import load_model
 
     print(f"loading {settings.model} ...", file=sys.stderr)
@@ -62,7 +63,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     except (OSError, CaseFormatError) as exc:
         print(f"creme eval: {exc}", file=sys.stderr)
         return 2
-    lm = _load(settings)
+    lm = load_from_settings(settings)
     bar: tqdm | None = None
     print(f"checking {len(cases)} cases for compositional failures ...", file=sys.stderr)
 
@@ -155,7 +156,7 @@ def _print_summary(summary: dict) -> None:
 def cmd_lens(args: argparse.Namespace, settings: Settings) -> int:
     from service.engine.lens import format_lens_table, logit_lens
 
-    lm = _load(settings)
+    lm = load_from_settings(settings)
     result = logit_lens(lm, args.prompt, args.target, top_k=args.top_k, apply_final_norm=not args.no_final_norm)
     print(format_lens_table(result))
     return 0
@@ -208,7 +209,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     worker: Worker | None = None
     n_layers: int | None = None
     if embedded:
-        lm = _load(settings)
+        lm = load_from_settings(settings)
         n_layers = lm.n_layers
         worker = Worker(settings, lm, factory, queue)
         worker.start()
