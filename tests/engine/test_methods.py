@@ -100,7 +100,8 @@ def test_safety_check_refuses_an_edit_that_breaks_an_active_one(ctx: EditContext
 
 def test_key_statistics_are_cached_per_fingerprint(ctx: EditContext) -> None:
     assert ctx.cache_dir is not None
+    measured = ctx.second_moments(LAYERS)
     files = list(Path(ctx.cache_dir, "keystats", ctx.lm.fingerprint).glob("*/layer-*.safetensors"))
     assert {int(p.stem.split("-")[1]) for p in files} >= set(LAYERS)
     fresh = EditContext(ctx.lm, ctx.weights, ctx.cache_dir).second_moments(LAYERS)
-    assert all(torch.equal(fresh[n], ctx.second_moments(LAYERS)[n]) for n in LAYERS)
+    assert all(torch.equal(fresh[n], measured[n]) for n in LAYERS)
