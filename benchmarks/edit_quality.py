@@ -1,12 +1,18 @@
-"""Edit methods side by side on a dev set, each edit alone and all stacked: JSON and a markdown table.
+"""Edit methods side by side on a dev set, each edit alone and all stacked: JSON, a markdown table, a plot.
 
-Usage: python benchmarks/edit_quality.py DATA.jsonl [--methods creme,local,auto] [--limit-failing N]
-       [--judge published] [--out benchmarks/results/edit_quality.json]
+Usage: python benchmarks/edit_quality.py DATA.jsonl [--methods creme,auto,least-squares]
+       [--stack-methods creme,auto] [--limit-failing N] [--judge published]
+       [--out benchmarks/results/edit_quality.json]
 
-For every method: failing cases found, fixed alone, fixed when stacked (of those fixed alone, still
-fixed with every edit active), canary facts kept (alone: mean per edit; stacked: after all edits),
-paraphrase and generalization greedy accuracy and win rate before → after, specificity, leakage of
-the edited answer, generic-text KL (nats/token) and median edit seconds.
+A method may carry overrides of its parameters: ``local:strength=100,protect_weight=10``.
+Alone, for every method: failing cases found, fixed alone, canary facts kept per edit, paraphrase
+and generalization greedy accuracy and win rate before → after, specificity, leakage of the edited
+answer, generic-text KL (nats/token) and median edit seconds. Stacked (every failing case edited
+one after another, each computed with the earlier ones applied): of the cases each method fixed
+alone, how many still hold after 20 and after all edits, canaries kept and drift; the default
+method is also stacked under ``if_safe`` (only edits that pass the safety check are applied, as the
+service does). ``--plot`` (default: next to the JSON) draws fix rate against canaries kept and
+leakage per method, and canaries kept against the number of stacked edits.
 """
 
 from __future__ import annotations
@@ -17,14 +23,22 @@ import os
 import time
 from pathlib import Path
 
-from service.cases import load_cases
+from service.cases import TwoHopCase, load_cases
 from service.cli import load_from_settings
 from service.dataset_eval import evaluate_dataset
-from service.engine.compositionality import check_cases
+from service.engine.compositionality import GapReport, check_cases
 from service.engine.judging import DEFAULT_RULE, JUDGE_RULES
-from service.engine.methods import method_spec
-from service.engine.options import METHODS
+from service.engine.loading import LoadedModel
+from service.engine.methods import MethodSpec, method_spec
+from service.engine.options import DEFAULT_METHOD
 from service.settings import get_settings
+
+
+def parse_variant(text: str) -> tuple[str, MethodSpec]:
+    """``name`` or ``name:key=value,...`` → (label, spec)."""
+    name, _, overrides = text.strip().partition(":")
+    values = {k.strip(): float(v) for k, v in (item.split("=") for item in overrides.split(",") if item)}
+    return text.strip(), method_spec(name, **values)
 
 
 def _pct(metrics: dict, pre: str, post: str) -> str:
@@ -32,13 +46,13 @@ def _pct(metrics: dict, pre: str, post: str) -> str:
     return "-" if a is None or b is None else f"{a:.0%}→{b:.0%}"
 
 
-def _row(method: str, alone: dict, stacked: dict | None) -> dict:
-    s = alone["summary"]
-    fixed_alone = {c["id"] for c in alone["cases"] if c["fixed"]}
-    row = {
-        "method": method,
+def _alone_row(label: str, report: dict) -> dict:
+    s = report["summary"]
+    return {
+        "method": label,
         "failing": s["n_failing"],
-        "fixed_alone": len(fixed_alone),
+        "fixed_alone": s["fixed"],
+        "fixed_alone_ids": [c["id"] for c in report["cases"] if c["fixed"]],
         "canaries": s["canaries"],
         "canaries_kept_alone_mean": s["canaries_kept_mean"],
         "all_canaries_kept_alone": s["all_canaries_kept"],
@@ -48,82 +62,147 @@ def _row(method: str, alone: dict, stacked: dict | None) -> dict:
         "generalization": s["generalization"],
         "specificity": s["specificity"],
     }
-    if stacked is not None:
-        readings = stacked["summary"]["stack"]
-        final = readings[-1]
-        row["stack"] = readings
-        row["stacked_n"] = final["n_edits"]
-        row["still_fixed_of_alone_fixed"] = len(fixed_alone & set(final["holding_ids"]))
-        row["alone_fixed_in_stack"] = len(fixed_alone & {c["id"] for c in stacked["cases"]})
-        row["canaries_kept_stacked"] = final["canaries_kept"]
-        row["generic_kl_stacked"] = final["generic_kl"]
-    return row
 
 
-def markdown(rows: list[dict]) -> str:
+def _stack_row(label: str, policy: str, report: dict, fixed_alone: set[str], order: list[str]) -> dict:
+    readings = report["summary"]["stack"]
+
+    def holding(reading: dict) -> dict:
+        attempted = set(order[: reading["n_cases"]])
+        return {
+            "n_cases": reading["n_cases"],
+            "n_applied": reading["n_edits"],
+            "alone_fixed": len(fixed_alone & attempted),
+            "still_fixed": len(fixed_alone & set(reading["holding_ids"])),
+            "applied_holding": reading["holding"],
+            "canaries_kept": reading["canaries_kept"],
+            "canaries": reading["canaries"],
+            "generic_kl": reading["generic_kl"],
+        }
+
+    return {"method": label, "policy": policy, "readings": [holding(r) for r in readings]}
+
+
+def markdown(alone: list[dict], stacked: list[dict]) -> str:
     head = (
-        "| method | failing | fixed alone | still fixed stacked | canaries kept alone (all / mean) | "
-        "canaries kept stacked | paraphrase greedy | paraphrase win | generalization greedy | "
-        "specificity greedy | leakage rel. Δ | generic KL alone / stacked | edit s |"
+        "| method | fixed alone | canaries kept alone (edits keeping all; mean) | paraphrase greedy | "
+        "paraphrase win | generalization greedy | specificity greedy | leakage rel. Δ | generic KL | edit s |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        stacked = (
-            f"{r['still_fixed_of_alone_fixed']}/{r['alone_fixed_in_stack']} of {r['stacked_n']}"
-            if "stack" in r
-            else "-"
-        )
-        kept_stacked = f"{r['canaries_kept_stacked']}/{r['canaries']}" if "stack" in r else "-"
-        kl_stacked = f"{r['generic_kl_stacked']:.4f}" if "stack" in r else "-"
+    for r in alone:
         leak = r["specificity"].get("leakage_mean_rel_change")
         lines.append(
-            f"| {r['method']} | {r['failing']} | {r['fixed_alone']}/{r['failing']} | {stacked} | "
-            f"{r['all_canaries_kept_alone']}/{r['failing']} / {r['canaries_kept_alone_mean']:.1f} of {r['canaries']} | "
-            f"{kept_stacked} | {_pct(r['paraphrase'], 'greedy_acc_pre', 'greedy_acc_post')} | "
+            f"| {r['method']} | {r['fixed_alone']}/{r['failing']} | "
+            f"{r['all_canaries_kept_alone']}/{r['failing']}; {r['canaries_kept_alone_mean']:.1f} of {r['canaries']} | "
+            f"{_pct(r['paraphrase'], 'greedy_acc_pre', 'greedy_acc_post')} | "
             f"{_pct(r['paraphrase'], 'win_rate_pre', 'win_rate_post')} | "
             f"{_pct(r['generalization'], 'greedy_acc_pre', 'greedy_acc_post')} | "
             f"{_pct(r['specificity'], 'greedy_acc_pre', 'greedy_acc_post')} | "
-            f"{'-' if leak is None else f'{leak:+.2f}'} | {r['generic_kl_alone']:.4f} / {kl_stacked} | "
+            f"{'-' if leak is None else f'{leak:+.2f}'} | {r['generic_kl_alone']:.4f} | "
             f"{r['edit_seconds_median']:.2f} |"
         )
+    head = (
+        "| method, stacked | cases edited | edits applied | of those fixed alone, still fixed | "
+        "applied edits holding | canaries kept | generic KL |"
+    )
+    lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
+    for s in stacked:
+        for r in s["readings"]:
+            lines.append(
+                f"| {s['method']} ({s['policy']}) | {r['n_cases']} | {r['n_applied']} | "
+                f"{r['still_fixed']}/{r['alone_fixed']} | {r['applied_holding']}/{r['n_applied']} | "
+                f"{r['canaries_kept']}/{r['canaries']} | {r['generic_kl']:.4f} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def plot(alone: list[dict], stacked: list[dict], path: Path) -> None:
+    """Fix rate against canaries kept and leakage (alone), and canaries kept against stacked edits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for r in alone:
+        fix = 100 * r["fixed_alone"] / max(r["failing"], 1)
+        kept = 100 * r["canaries_kept_alone_mean"] / max(r["canaries"], 1)
+        leak = r["specificity"].get("leakage_mean_rel_change") or 0.0
+        for ax, x in ((axes[0], kept), (axes[1], leak)):
+            ax.scatter(x, fix, s=60)
+            ax.annotate(r["method"], (x, fix), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    axes[0].set(xlabel="canary facts kept per edit (mean, %)", ylabel="failing cases fixed alone (%)")
+    axes[0].set_title("fix rate vs canaries kept (one edit)")
+    axes[1].set(xlabel="leakage of the edited answer (mean relative change of p)", ylabel="fixed alone (%)")
+    axes[1].set_title("fix rate vs leakage (one edit)")
+    for s in stacked:
+        xs = [r["n_applied"] for r in s["readings"]]
+        ys = [100 * r["canaries_kept"] / max(r["canaries"], 1) for r in s["readings"]]
+        axes[2].plot(xs, ys, marker="o", label=f"{s['method']} ({s['policy']})")
+    axes[2].set(xlabel="edits applied (stacked)", ylabel="canary facts kept (%)", ylim=(-5, 105))
+    axes[2].set_title("stacking")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _failing(lm: LoadedModel, cases: list[TwoHopCase], rule: str, limit: int | None) -> tuple[GapReport, list]:
+    gap = check_cases(lm, cases, screen_hop1=True, rule=rule)
+    failing = [c for c in cases if c.id in set(gap.failing_ids)][:limit]
+    print(f"{len(gap.failing_ids)} failing cases of {len(cases)} ({rule} rule); using {len(failing)}", flush=True)
+    return gap, failing
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
-    parser.add_argument("--methods", default="creme,local,auto", help="comma-separated, of: " + ", ".join(METHODS))
+    parser.add_argument("--methods", default="creme,auto,least-squares", help="methods evaluated alone")
+    parser.add_argument("--stack-methods", default="creme,auto", help="methods stacked ('' for none)")
     parser.add_argument("--limit-failing", type=int, default=None, help="use only the first N failing cases")
-    parser.add_argument("--stack-size", type=int, default=20, help="failing cases stacked (0: no stacked run)")
     parser.add_argument("--judge", choices=JUDGE_RULES, default=DEFAULT_RULE)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/edit_quality.json"))
+    parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --out)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = get_settings()
     lm = load_from_settings(settings)
-    cases = load_cases(args.data)
     started = time.perf_counter()
-    gap = check_cases(lm, cases, screen_hop1=True, rule=args.judge)
-    failing = [c for c in cases if c.id in set(gap.failing_ids)][: args.limit_failing]
-    print(f"{len(gap.failing_ids)} failing cases of {len(cases)} ({args.judge} rule); using {len(failing)}")
-    rows = []
-    for method in args.methods.split(","):
-        spec = method_spec(method.strip())
-        common = {"spec": spec, "rule": args.judge, "cache_dir": settings.cache_dir, "gap": gap}
-        alone = evaluate_dataset(lm, failing, **common)
-        print(f"{method}: alone done ({time.perf_counter() - started:.0f} s)", flush=True)
-        stacked = None
-        if args.stack_size:
-            stacked = evaluate_dataset(lm, failing[: args.stack_size], stack=True, **common)
-            print(f"{method}: stacked done ({time.perf_counter() - started:.0f} s)", flush=True)
-        rows.append(_row(method, alone, stacked))
-    table = markdown(rows)
+    gap, failing = _failing(lm, load_cases(args.data), args.judge, args.limit_failing)
+    common = {"rule": args.judge, "cache_dir": settings.cache_dir, "gap": gap}
+    order = [c.id for c in failing]
+    alone: list[dict] = []
+    for label, spec in map(parse_variant, filter(None, args.methods.split(","))):
+        alone.append(_alone_row(label, evaluate_dataset(lm, failing, spec=spec, **common)))
+        print(f"{label}: alone done ({time.perf_counter() - started:.0f} s)", flush=True)
+    fixed_by = {r["method"]: set(r["fixed_alone_ids"]) for r in alone}
+    runs = [(v, "always") for v in filter(None, args.stack_methods.split(","))]
+    runs.append((DEFAULT_METHOD, "if_safe"))
+    stacked: list[dict] = []
+    for variant, policy in runs:
+        label, spec = parse_variant(variant)
+        report = evaluate_dataset(lm, failing, spec=spec, stack=True, stack_policy=policy, probes=False, **common)
+        alone_fixed = fixed_by.get(label) or {c["id"] for c in report["cases"] if c["fixed"]}
+        stacked.append(_stack_row(label, policy, report, alone_fixed, order))
+        print(f"{label} ({policy}): stacked done ({time.perf_counter() - started:.0f} s)", flush=True)
+    table = markdown(alone, stacked)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"model": lm.name, "judge": args.judge, "n_cases": len(cases), "failing_total": len(gap.failing_ids)}
-    args.out.write_text(json.dumps({**report, "rows": rows, "markdown": table}, indent=2), encoding="utf-8")
+    report = {
+        "model": lm.name,
+        "judge": args.judge,
+        "n_cases": gap.n,
+        "failing_total": len(gap.failing_ids),
+        "failing_used": len(failing),
+        "seconds": time.perf_counter() - started,
+    }
+    args.out.write_text(json.dumps({**report, "alone": alone, "stacked": stacked}, indent=2), encoding="utf-8")
     args.out.with_suffix(".md").write_text(table, encoding="utf-8")
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    plot_path = args.plot or args.out.with_suffix(".png")
+    plot(alone, stacked, plot_path)
+    print(f"wrote {args.out}, {args.out.with_suffix('.md')} and {plot_path}")
 
 
 if __name__ == "__main__":

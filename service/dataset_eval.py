@@ -1,8 +1,9 @@
 """`creme eval`: find the cases a model fails compositionally, then edit and evaluate each one.
 
 Alone (default), every edit is evaluated on the base model and reverted. With ``stack`` each edit
-is computed on the model with the earlier ones applied and stays applied; after 1, 5, 10, 20 and
-all edits the report reads which edited queries still hold, the canary facts kept and the drift.
+is computed on the model with the earlier ones applied and stays applied (every edit, or with the
+``if_safe`` policy only those the safety check passes, as the service does); after 1, 5, 10, 20 and
+all cases the report reads which applied edits still hold, the canary facts kept and the drift.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean, median
+from typing import Literal
 
 from service.cases import TwoHopCase
 from service.engine.compositionality import GapReport, check_cases
@@ -25,12 +27,13 @@ from service.engine.safety import Canary, DriftProbe, SafetyReport, answered, ch
 from service.engine.weights import WeightState
 
 CaseCallback = Callable[["CaseOutcome"], None]
+StackPolicy = Literal["always", "if_safe"]
 STACK_CHECKPOINTS = (1, 5, 10, 20)
 
 
 @dataclass(frozen=True)
 class CaseOutcome:
-    """One failing case edited and evaluated (on the state it was computed on)."""
+    """One failing case edited and evaluated (on the state it was computed on); ``probes`` may be skipped."""
 
     id: str
     prompt: str
@@ -43,41 +46,56 @@ class CaseOutcome:
 
     @property
     def fixed(self) -> bool:
-        return self.probes["correction"][0].post.correct
+        if self.probes:
+            return self.probes["correction"][0].post.correct
+        return self.safety.fixes_own_query
 
     def to_dict(self) -> dict:
-        correction = self.probes["correction"][0]
-        return {
+        out = {
             "id": self.id,
             "prompt": self.prompt,
             "answer": self.answer,
             "layers": self.layers,
             "edit_seconds": self.edit_seconds,
-            "p_pre": correction.pre.p_answer,
-            "p_post": correction.post.p_answer,
-            "greedy_pre": correction.pre.continuation,
-            "greedy_post": correction.post.continuation,
             "fixed": self.fixed,
             "params": self.params,
             "safety": self.safety.to_dict(),
-            "metrics": {name: summarise(results).to_dict() for name, results in self.probes.items()},
         }
+        if self.probes:
+            correction = self.probes["correction"][0]
+            out.update(
+                p_pre=correction.pre.p_answer,
+                p_post=correction.post.p_answer,
+                greedy_pre=correction.pre.continuation,
+                greedy_post=correction.post.continuation,
+                metrics={name: summarise(results).to_dict() for name, results in self.probes.items()},
+            )
+        return out
 
 
 def edit_and_evaluate(
-    ctx: EditContext, case: TwoHopCase, layers: Sequence[int], spec: MethodSpec, rule: JudgeRule = DEFAULT_RULE
+    ctx: EditContext,
+    case: TwoHopCase,
+    layers: Sequence[int],
+    spec: MethodSpec,
+    rule: JudgeRule = DEFAULT_RULE,
+    *,
+    probes: bool = True,
 ) -> tuple[CaseOutcome, object]:
     """Compute the edit of ``case`` on the current state, evaluate it and check its safety; nothing stays applied.
 
-    Returns the outcome and the delta (to apply when stacking).
+    Returns the outcome and the delta (to apply when stacking). ``probes=False`` skips the
+    evaluation sets (the safety check still runs).
     """
     query = CompositionalQuery(prompt=case.compositional, hop1_phrase=case.hop1_phrase, bridge=case.bridge)
     started = time.perf_counter()
     result = compute_with(ctx, query, layers, spec, answer=case.answer, answer_aliases=case.answer_aliases, rule=rule)
     seconds = time.perf_counter() - started
-    evaluation = evaluate_edit(
-        ctx.lm, ctx.weights, result.delta, case.eval_sets(), edited_answer=case.answer, rule=rule
-    )
+    evaluated = {}
+    if probes:
+        evaluated = evaluate_edit(
+            ctx.lm, ctx.weights, result.delta, case.eval_sets(), edited_answer=case.answer, rule=rule
+        ).probes
     own = Canary(case.compositional, case.answer, case.answer_aliases)
     outcome = CaseOutcome(
         id=case.id,
@@ -85,7 +103,7 @@ def edit_and_evaluate(
         answer=case.answer,
         layers=list(layers),
         edit_seconds=seconds,
-        probes=evaluation.probes,
+        probes=evaluated,
         safety=check_safety(ctx, result.delta, own, rule),
         params=result.delta.params,
     )
@@ -93,13 +111,19 @@ def edit_and_evaluate(
 
 
 def _stack_reading(
-    ctx: EditContext, edited: Sequence[TwoHopCase], facts: Sequence[Canary], drift: DriftProbe, rule: JudgeRule
+    ctx: EditContext,
+    attempted: int,
+    edited: Sequence[TwoHopCase],
+    facts: Sequence[Canary],
+    drift: DriftProbe,
+    rule: JudgeRule,
 ) -> dict:
-    """Which edited queries hold with every edit so far active, canaries kept, drift from the base model."""
+    """Which applied edits' queries hold with all of them active, canaries kept, drift from the base model."""
     own = [Canary(c.compositional, c.answer, c.answer_aliases) for c in edited]
-    holds = answered(ctx.lm, own, rule)
+    holds = answered(ctx.lm, own, rule) if own else []
     kept = answered(ctx.lm, facts, rule)
     return {
+        "n_cases": attempted,
         "n_edits": len(edited),
         "holding": sum(holds),
         "holding_ids": [c.id for c, ok in zip(edited, holds, strict=True) if ok],
@@ -117,6 +141,8 @@ def evaluate_dataset(
     spec: MethodSpec | None = None,
     rule: JudgeRule = DEFAULT_RULE,
     stack: bool = False,
+    stack_policy: StackPolicy = "always",
+    probes: bool = True,
     cache_dir: Path | None = None,
     gap: GapReport | None = None,
     on_gap: Callable[[GapReport], None] | None = None,
@@ -125,7 +151,8 @@ def evaluate_dataset(
 ) -> dict:
     """The report of ``creme eval``: a ``summary`` pooled over the failing cases and per-case ``cases``.
 
-    ``gap`` reuses an earlier compositionality check of the same cases under the same rule.
+    ``gap`` reuses an earlier compositionality check of the same cases under the same rule;
+    ``probes=False`` skips the evaluation sets (edits are still judged on their own query).
     """
     spec = spec or method_spec("auto")
     gap = gap or check_cases(lm, cases, screen_hop1=True, rule=rule)
@@ -138,19 +165,22 @@ def evaluate_dataset(
     drift = DriftProbe(lm)
     outcomes: list[CaseOutcome] = []
     stacked: list[dict] = []
+    applied: list[TwoHopCase] = []
     for i, case in enumerate(failing):
-        outcome, delta = edit_and_evaluate(ctx, case, chosen, spec, rule)
+        outcome, delta = edit_and_evaluate(ctx, case, chosen, spec, rule, probes=probes)
         outcomes.append(outcome)
         if on_case is not None:
             on_case(outcome)
         if stack:
-            ctx.weights.apply(case.id, delta)  # type: ignore[arg-type]
+            if stack_policy == "always" or outcome.safety.safe:
+                ctx.weights.apply(case.id, delta)  # type: ignore[arg-type]
+                applied.append(case)
             if i + 1 in STACK_CHECKPOINTS or i + 1 == len(failing):
-                stacked.append(_stack_reading(ctx, failing[: i + 1], facts, drift, rule))
+                stacked.append(_stack_reading(ctx, i + 1, applied, facts, drift, rule))
                 if on_stack is not None:
                     on_stack(stacked[-1])
     ctx.weights.set_active([])
-    pooled = {name: [r for o in outcomes for r in o.probes[name]] for name in SET_NAMES}
+    pooled = {name: [r for o in outcomes for r in o.probes.get(name, ())] for name in SET_NAMES} if probes else {}
     summary = {
         "model": lm.name,
         "method": spec.name,
@@ -158,6 +188,7 @@ def evaluate_dataset(
         "judge": rule,
         "layers": chosen,
         "stacked": stack,
+        "stack_policy": stack_policy if stack else None,
         "n_cases": len(cases),
         "n_failing": len(failing),
         "hop1_acc": gap.hop1_acc,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from service.engine.inputs import layer_problem
 from service.engine.loading import LoadedModel
 
 DELTA_FORMAT = "creme-delta/2"  # rank-k factors [d, k], optional keys, method and params
@@ -79,6 +80,11 @@ class EditDelta:
         }
         return save_safetensors(tensors, metadata=metadata)
 
+    def scaled(self, gain: float, *, params: dict[str, Any]) -> EditDelta:
+        """The same edit with every layer's value shift ``r`` multiplied by ``gain``, recorded by ``params``."""
+        factors = tuple(f if gain == 1.0 else replace(f, r=f.r * gain) for f in self.factors)
+        return replace(self, factors=factors, params=params)
+
     def shapes(self) -> dict[str, list[int]]:
         """[d_out, d_in, rank] of each layer's update."""
         return {f"layer.{f.layer}": [int(f.r.shape[0]), int(f.u.shape[0]), f.rank] for f in self.factors}
@@ -141,8 +147,8 @@ def validate_for(delta: EditDelta, lm: LoadedModel) -> None:
     if delta.layers != sorted(set(delta.layers)):
         raise InvalidDeltaError(f"delta layers must be ascending and distinct: {delta.layers}")
     for f in delta.factors:
-        if not 0 <= f.layer < lm.n_layers:
-            raise InvalidDeltaError(f"delta layer {f.layer} is outside 0..{lm.n_layers - 1}")
+        if (problem := layer_problem(f.layer, lm.n_layers)) is not None:
+            raise InvalidDeltaError(f"delta {problem}")
         weight = lm.adapter.out_proj_module(lm.model, f.layer).weight
         d_out, d_in = (weight.shape[1], weight.shape[0]) if lm.adapter.weight_in_out else weight.shape
         if f.u.dim() != 2 or f.u.shape[0] != d_in or f.r.shape != (d_out, f.u.shape[1]) or f.rank < 1:

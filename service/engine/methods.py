@@ -5,8 +5,9 @@
   identity covariance.
 - ``local``: the mean key's update whitened by generic-text key statistics, with the keys of the
   edits already active protected (``solvers.ProtectedSolver``), so that edits stay local.
-- ``auto``: ``local`` with the smallest gain that fixes the edit's own query, judged on the edit's
-  own prompt alone (never on evaluation sets); its choice is recorded in the delta's params.
+- ``auto``: ``local`` computed once, then its value shifts scaled by the smallest gain of
+  ``AUTO_GAINS`` that fixes the edit's own query, judged on the edit's own prompt alone (never on
+  evaluation sets); gain 1 when none does. Its choice is recorded in the delta's params.
 """
 
 from __future__ import annotations
@@ -120,18 +121,17 @@ def compute_with(
         )  # fmt: skip
     if answer is None:
         raise ValueError("method 'auto' needs the answer to judge its candidates")
+    base = replace(spec, gain=1.0)
+    computed = compute_edit(
+        ctx.lm, query, layers, templates=base.templates, solver=_solver(base, ctx, layers), method="auto",
+        params={}, progress=progress, should_cancel=should_cancel,
+    )  # fmt: skip
     tried: list[float] = []
-    result: EditResult | None = None
     for gain in AUTO_GAINS:
-        candidate = replace(spec, gain=gain)
         tried.append(gain)
-        result = compute_edit(
-            ctx.lm, query, layers, templates=candidate.templates, solver=_solver(candidate, ctx, layers),
-            method="auto", params={**candidate.params(), "tried_gains": list(tried), "query": recorded},
-            progress=progress,
-            should_cancel=should_cancel,
-        )  # fmt: skip
+        params = {**replace(base, gain=gain).params(), "tried_gains": list(tried), "query": recorded}
+        result = replace(computed, delta=computed.delta.scaled(gain, params=params))
         if _fixes(ctx, result, query.prompt, answer, answer_aliases, rule):
-            break
-    assert result is not None
-    return result
+            return result
+    params = {**base.params(), "tried_gains": tried, "query": recorded}
+    return replace(computed, delta=computed.delta.scaled(1.0, params=params))

@@ -10,7 +10,7 @@ import torch
 from service.engine.context import EditContext
 from service.engine.creme import CompositionalQuery, compute_edit, default_layers
 from service.engine.loading import LoadedModel
-from service.engine.methods import compute_with, method_spec
+from service.engine.methods import AUTO_GAINS, compute_with, method_spec
 from service.engine.options import METHODS
 from service.engine.safety import Canary, answered, check_safety
 from service.engine.weights import WeightState
@@ -48,6 +48,19 @@ def test_every_method_reverts_bit_exactly_and_records_itself(ctx: EditContext, m
     assert ctx.weights.checksum() != checksum
     ctx.weights.revert("m")
     assert ctx.weights.checksum() == checksum
+
+
+def test_auto_scales_the_local_edit_by_the_smallest_gain_that_fixes_its_query(ctx: EditContext) -> None:
+    query, answer = _query("mquake-2hop-0295")
+    local = compute_with(ctx, query, LAYERS, method_spec("local"), answer=answer).delta
+    auto = compute_with(ctx, query, LAYERS, method_spec("auto"), answer=answer).delta
+    gain, tried = auto.params["gain"], auto.params["tried_gains"]
+    assert tried == list(AUTO_GAINS[: len(tried)]) and gain in tried
+    for a, b in zip(auto.factors, local.factors, strict=True):
+        assert torch.equal(a.u, b.u) and torch.allclose(a.r, b.r * gain)
+    with ctx.weights.trial("auto", auto):
+        fixed = answered(ctx.lm, [Canary(query.prompt, answer)])[0]
+    assert fixed == (gain == tried[-1])  # a gain that fixes stops the search; else gain 1 after trying all
 
 
 def test_local_edit_leaves_generic_keys_and_active_edits_nearly_alone(ctx: EditContext) -> None:
