@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import Depends, FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.auth import authorize
+from api.auth import bearer
+from api.deps import TokenCounter
+from api.docs import install_docs
 from api.errors import install_problem_handlers
 from api.metrics import Metrics
-from api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from api.middleware import AccessLogMiddleware, BodyLimitMiddleware, HeadMiddleware, MetricsMiddleware
 from api.routers import analyses, edits, health, jobs, model, query
 from api.schemas import problems
 from service.jobs.queue import JobQueue
 from service.settings import Settings
 from service.usecases.validation import Limits
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DESCRIPTION = (
     "Find, explain and reversibly patch the two-hop questions a language model gets wrong (CREME). "
@@ -29,28 +36,36 @@ def create_app(
     session_factory: sessionmaker[Session],
     queue: JobQueue,
     n_layers: int | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> FastAPI:
     """The HTTP API over ``session_factory`` and ``queue`` (both owned, and closed, by the caller).
 
-    ``n_layers``, when known, bounds the layers a request may name; otherwise any layer in
-    ``0..1023`` is accepted here and the worker rejects layers the model lacks.
+    ``n_layers`` and ``tokenizer`` are those of the model loaded in this process, if any. The depth
+    bounds the layers a request may name; without it the depth the live workers registered does, and
+    with no live worker any layer is accepted (the job waits for one). Texts are measured in tokens
+    with (a copy of) ``tokenizer``, else with the configured model's tokenizer, loaded alone.
     """
-    app = FastAPI(title="CREME model-editing service", version="1", description=DESCRIPTION)
+    app = FastAPI(
+        title="CREME model-editing service", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     app.state.session_factory = session_factory
     app.state.queue = queue
     app.state.n_layers = n_layers
-    app.state.limits = Limits.from_settings(settings, n_layers)
+    app.state.limits = Limits.from_settings(settings, n_layers, TokenCounter(settings, tokenizer))
     app.state.metrics = Metrics(
         session_factory, queue, base_model=settings.model, lease_seconds=settings.worker_lease_seconds
     )
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadMiddleware)
     protected = (edits.router, jobs.router, analyses.router, query.router, model.router)
-    for router in protected:
-        app.include_router(router, dependencies=[Depends(authorize)], responses=problems(401, 403))
+    for router in protected:  # their AuthorizedRoute checks the key; the bearer dependency documents it
+        app.include_router(router, dependencies=[Depends(bearer)], responses=problems(401, 403))
     app.include_router(health.router)  # /healthz, /readyz, /metrics: open, like /docs and /openapi.json
+    install_docs(app)
     routers = (*protected, health.router)
     routes = [route for router in routers for route in router.routes]
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=routes)  # outermost: sees all
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=routes)
+    app.add_middleware(AccessLogMiddleware)  # outermost: sees all
     return app

@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+import threading
 from collections.abc import Iterator
-from typing import Annotated
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.auth import ANONYMOUS
+from api.errors import RETRY_AFTER_SECONDS, ProblemError
 from service.jobs.queue import JobQueue
 from service.settings import Settings
+from service.usecases.jobs import scoped_idempotency_key
+from service.usecases.model import model_status
 from service.usecases.validation import Limits
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        description="Replays return the first result; the key is yours alone and names one request: "
+        "reused for another request or operation, it is `422`.",
+    ),
+]
 
 
 def get_settings(request: Request) -> Settings:
@@ -31,13 +55,72 @@ def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue  # type: ignore[no-any-return]
 
 
+def limits_for(request: Request, session: Session) -> Limits:
+    """The app's limits, with the model's depth as its live workers registered it if the app does not know it."""
+    limits: Limits = request.app.state.limits
+    if limits.n_layers is not None:
+        return limits
+    settings = get_settings(request)
+    return replace(limits, n_layers=model_status(session, settings.model, settings.worker_lease_seconds).n_layers)
+
+
 def get_limits(request: Request) -> Limits:
-    return request.app.state.limits  # type: ignore[no-any-return]
+    """:func:`limits_for` in a session of its own (FastAPI runs this on the thread pool)."""
+    with get_factory(request)() as session:
+        return limits_for(request, session)
+
+
+class TokenCounter:
+    """Counts the tokens of a text with the model's tokenizer, never one a worker thread also uses.
+
+    That is a private copy of ``tokenizer`` when given (the model is loaded in this process), else the
+    tokenizer of ``settings.model`` alone, loaded on first use and kept for the process. A tokenizer
+    that cannot be loaded is a ``503`` problem, and the next request tries again.
+    """
+
+    _loaded: ClassVar[dict[tuple[str, Path], PreTrainedTokenizerBase]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()  # one load; a Rust tokenizer is not shared by threads
+
+    def __init__(self, settings: Settings, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        self.key = (settings.model, settings.cache_dir)
+        self.tokenizer = copy.deepcopy(tokenizer) if tokenizer is not None else None
+
+    def __call__(self, text: str) -> int:
+        with self._lock:
+            if self.tokenizer is None:
+                self.tokenizer = self._loaded.get(self.key) or self._load()
+            return len(self.tokenizer(text)["input_ids"])
+
+    def _load(self) -> PreTrainedTokenizerBase:
+        from service.engine.loading import load_tokenizer
+
+        model, cache_dir = self.key
+        try:
+            tokenizer = load_tokenizer(model, cache_dir=cache_dir)
+        except Exception as exc:  # whatever the cause, texts cannot be measured: refuse rather than guess
+            log.error("cannot load the tokenizer of %s: %s: %s", model, type(exc).__name__, exc)
+            raise ProblemError(
+                503,
+                f"the gateway cannot load the tokenizer of CREME_MODEL={model!r} to count the tokens of "
+                f"the request ({type(exc).__name__}); it needs the model directory, read-only",
+                slug="tokenizer-unavailable",
+                title="Tokenizer unavailable",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            ) from exc
+        self._loaded[self.key] = tokenizer
+        return tokenizer
 
 
 def get_actor(request: Request) -> str:
     """Who is acting: the authenticated principal once auth sets ``request.state.actor``, else ``api``."""
     return str(getattr(request.state, "actor", None) or "api")
+
+
+def get_idempotency_key(request: Request, idempotency_key: IdempotencyHeader = None) -> str | None:
+    """The ``Idempotency-Key`` header scoped to the principal that :func:`api.auth.authorize` admitted."""
+    if idempotency_key is None:
+        return None
+    return scoped_idempotency_key(str(getattr(request.state, "principal", ANONYMOUS)), idempotency_key)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -46,3 +129,4 @@ SessionDep = Annotated[Session, Depends(get_session)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]
 ActorDep = Annotated[str, Depends(get_actor)]
+IdempotencyDep = Annotated[str | None, Depends(get_idempotency_key)]

@@ -14,8 +14,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.jobs.queue import QueueUnavailable
+from service.problems import problem_type
 from service.usecases.errors import (
-    PROBLEM_BASE,
     ConflictError,
     IdempotencyConflict,
     InvalidRequest,
@@ -45,11 +45,6 @@ _SLUGS = {
     500: "internal",
     503: "unavailable",
 }
-
-
-def problem_type(slug: str) -> str:
-    """The stable type URI of a problem."""
-    return PROBLEM_BASE + slug
 
 
 def problem_response(

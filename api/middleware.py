@@ -1,8 +1,9 @@
-"""Pure ASGI middleware: the request body size limit, and request metrics by route template."""
+"""Pure ASGI middleware: the request body size limit, request metrics by route template, the access log."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 
 from starlette.datastructures import Headers
@@ -11,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem_response
 from api.metrics import Metrics
+from service.logs import REQUESTS, event
 
 UNMATCHED_ROUTE = "<unmatched>"
 
@@ -36,7 +38,7 @@ class BodyLimitMiddleware:
             return
         length = Headers(scope=scope).get("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):
                 await self._refuse(scope, receive, send, 400, "invalid Content-Length header")
                 return
             if int(length) > self.max_bytes:
@@ -65,6 +67,27 @@ class BodyLimitMiddleware:
             return replay.pop(0) if replay else await receive()
 
         await self.app(scope, replay_receive, send)
+
+
+class HeadMiddleware:
+    """Answer HEAD as GET would, without the body (FastAPI routes GET alone, which left HEAD a 405)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)
 
 
 class MetricsMiddleware:
@@ -106,3 +129,36 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             self.metrics.observe_request(scope["method"], self._route(scope), status, time.perf_counter() - started)
+
+
+class AccessLogMiddleware:
+    """One ``request`` log event per HTTP request: request id, method, path, status, seconds.
+
+    The request id is new for each request and returned in the ``X-Request-ID`` header, so a
+    client can name the line. The query string is not logged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = round(time.perf_counter() - started, 6)
+            fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status}
+            event(REQUESTS, "request", **fields, seconds=seconds)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.db.models import Edit, Job
+from service.db.models import Edit, Job, StateEvent
 from service.usecases.model import ModelStatus
 from service.usecases.validation import EditRequest, ProbeRequest
 
@@ -61,8 +62,22 @@ class EditAccepted(BaseModel):
     job: Link
 
 
+class EditEvent(BaseModel):
+    """One apply or revert of an edit in the desired model state (the audit log)."""
+
+    action: Literal["apply", "revert"]
+    actor: str | None = Field(
+        description="`key:<prefix>`, `api` (no key), or `worker:<id>` (a worker's own change: withdrawing a bad delta)."
+    )
+    at: datetime
+    state_version: int = Field(description="The model-state version this change produced.")
+
+
 class EditOut(BaseModel):
-    """An edit: its request, status, layers, metrics and history."""
+    """An edit: its request, status, layers, metrics and history.
+
+    A cancelled edit is ``failed`` with an ``error`` of type ``https://creme.dev/problems/cancelled``.
+    """
 
     id: str
     status: EditStatus
@@ -96,6 +111,7 @@ class EditOut(BaseModel):
     applied_at: datetime | None
     reverted_at: datetime | None
     job_id: str | None
+    history: list[EditEvent] = Field(description="Every apply and revert of the edit, oldest first.")
 
 
 class EditPage(BaseModel):
@@ -140,6 +156,43 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class LensToken(BaseModel):
+    token: str
+    token_id: int
+    prob: float
+
+
+class LensTarget(BaseModel):
+    target: str
+    prob: float = Field(description="Probability, averaged over the target's sub-tokens.")
+    rank: int = Field(ge=1, description="1-based rank, averaged over the target's sub-tokens and rounded (halves up).")
+
+
+class LensLayer(BaseModel):
+    layer: int
+    top: list[LensToken]
+    targets: list[LensTarget]
+
+
+class LogitLensResult(BaseModel):
+    """What each layer's residual stream at ``position`` predicts, read out through the unembedding."""
+
+    prompt: str
+    position: int
+    token: str
+    apply_final_norm: bool
+    targets: list[str]
+    target_token_ids: list[list[int]]
+    layers: list[LensLayer]
+    state_version: int
+
+
+class LogitLensJobOut(JobOut):
+    """A logit-lens job; ``result`` once it succeeded."""
+
+    result: LogitLensResult | None  # type: ignore[assignment]
 
 
 class JobPage(BaseModel):
@@ -204,7 +257,8 @@ def job_url(job: Job) -> str:
     return f"/v1/analyses/{job.id}" if kind_is_analysis else f"/v1/jobs/{job.id}"
 
 
-def edit_out(edit: Edit) -> EditOut:
+def edit_out(edit: Edit, history: Sequence[StateEvent]) -> EditOut:
+    """The edit as the API shows it; ``history`` are its state events, oldest first."""
     request = edit.request or {}
     metrics = edit.metrics if isinstance(edit.metrics, dict) else None
     return EditOut(
@@ -238,6 +292,10 @@ def edit_out(edit: Edit) -> EditOut:
         applied_at=edit.applied_at,
         reverted_at=edit.reverted_at,
         job_id=edit.job_id,
+        history=[
+            EditEvent(action=e.action, actor=e.actor, at=e.created_at, state_version=e.version)  # type: ignore[arg-type]
+            for e in history
+        ],
     )
 
 

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from service.engine.judging import DEFAULT_RULE, JUDGE_RULES
 from service.engine.options import DEFAULT_METHOD, METHODS, TEMPLATE_SETS
+from service.logs import configure_logging
 from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from service.db.models import ApiKey
+    from service.engine.loading import LoadedModel
 
 
 def parse_layers(text: str) -> list[int]:
@@ -207,17 +209,24 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     queue = queue_for(settings)
     worker: Worker | None = None
-    n_layers: int | None = None
+    lm: LoadedModel | None = None
     if embedded:
         lm = load_from_settings(settings)
-        n_layers = lm.n_layers
         worker = Worker(settings, lm, factory, queue)
         worker.start()
-    app = create_app(settings, session_factory=factory, queue=queue, n_layers=n_layers)
+    app = create_app(
+        settings,
+        session_factory=factory,
+        queue=queue,
+        n_layers=lm.n_layers if lm else None,
+        tokenizer=lm.tokenizer if lm else None,
+    )
     mode = "embedded (in-process queue and worker)" if embedded else "gateway (Redis queue, separate workers)"
     print(f"creme serve: {mode} on http://{host}:{port}", file=sys.stderr)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info" if args.verbose else "warning")
+        # Uvicorn's records go through our handler; the access log is ours (one line per request).
+        level = "info" if args.verbose else "warning"
+        uvicorn.run(app, host=host, port=port, log_level=level, log_config=None, access_log=False)
     finally:
         if worker is not None:
             worker.stop()
@@ -352,8 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # greedy decode took 54 s instead of 3 s beside two busy processes). Set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    return int(args.func(args, get_settings()) or 0)
+    settings = get_settings()
+    configure_logging(settings.log_format, level=logging.INFO if args.verbose else logging.WARNING)
+    return int(args.func(args, settings) or 0)
 
 
 if __name__ == "__main__":

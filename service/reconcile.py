@@ -21,7 +21,7 @@ A delta that cannot be applied is never applied, and the worker keeps serving. T
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,7 +36,7 @@ from service.engine.delta import EditDelta as Delta
 from service.engine.delta import InvalidDeltaError, delta_from_bytes, validate_for
 from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
-from service.jobs.claims import problem
+from service.problems import problem
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Reconciler:
         session_factory: sessionmaker[Session],
         *,
         worker_id: str | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.lm = lm
         self.weights = weights
@@ -72,6 +73,7 @@ class Reconciler:
         self.last_error: str | None = None
         self._cache: dict[tuple[str, str], Delta] = {}
         self._dirty = False  # an intrinsic rejection is not yet recorded in the database
+        self.on_change = on_change  # reports a new version or checksum at once (the worker's heartbeat)
 
     @property
     def degraded(self) -> bool:
@@ -82,15 +84,19 @@ class Reconciler:
         """Bring the weights to the desired state; return the version now served. Never raises.
 
         On a database error the last good state stays in place, :attr:`last_error` says why and
-        the previous version (``-1`` if none yet) is returned.
+        the previous version (``-1`` if none yet) is returned. When the version or checksum served
+        changed, :attr:`on_change` is called before returning.
         """
+        served = (self.version, self.checksum)
         try:
             version = self._reconcile()
+            self.last_error = None
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("reconcile of %s failed, serving version %s: %s", self.lm.name, self.version, self.last_error)
-            return self.version
-        self.last_error = None
+            version = self.version
+        if self.on_change is not None and (self.version, self.checksum) != served:
+            self.on_change()
         return version
 
     def _reconcile(self) -> int:
@@ -237,17 +243,19 @@ def record_worker(
     host: str,
     base_model: str,
     model_fingerprint: str,
+    n_layers: int,
     state_version: int,
     weights_checksum: str | None,
     status: str,
     started_at: datetime | None = None,
 ) -> None:
-    """Insert or update the ``workers`` row (the heartbeat) and commit."""
+    """Insert or update the ``workers`` row (the heartbeat, with the model's depth) and commit."""
     now = utcnow()
     values: dict[str, Any] = {
         "host": host,
         "base_model": base_model,
         "model_fingerprint": model_fingerprint,
+        "n_layers": n_layers,
         "state_version": state_version,
         "weights_checksum": weights_checksum,
         "status": status,

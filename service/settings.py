@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.logs import LogFormat
+
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 
@@ -34,9 +36,14 @@ class Settings(BaseSettings):
     max_wait_seconds: float = 120.0
     max_queue_depth: int = 1000
     max_prompt_chars: int = 2000
+    max_prompt_tokens: int = Field(256, description="Longest prompt, answer or phrase, in the model's tokens.")
+    max_edit_cost: int = Field(
+        20_000, description="Largest edit: tokens of the longest templated prompt x templates x layers."
+    )
     max_eval_queries: int = 64
     max_body_bytes: int = 1_000_000
     require_auth: bool = Field(False, description="Require an API key on /v1 even while no key exists.")
+    log_format: LogFormat = Field("text", description="Log lines as text, or one JSON object each.")
 
 
 @lru_cache

@@ -27,7 +27,8 @@ def test_services_and_dependencies() -> None:
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia"
-    assert any(v.endswith(":/models:ro") for v in services["worker"]["volumes"])
+    for name in ("api", "worker"):  # the gateway reads the tokenizer, the workers the model
+        assert any(v.endswith(":/models:ro") for v in services[name]["volumes"])
 
 
 def test_every_creme_variable_is_a_setting() -> None:

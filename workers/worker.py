@@ -6,7 +6,8 @@ The same class runs as a thread inside ``creme serve`` (in-process queue) and as
 * the **model thread** (the one calling :meth:`Worker.run_forever`): sweeps, receives deliveries,
   claims rows, reconciles and runs jobs. Every touch of the weights — reconciles included —
   happens on it under :attr:`Worker.model_lock`, so weights never change under a running job;
-* the **heartbeat** thread: updates the ``workers`` row and extends the running job's lease;
+* the **heartbeat** thread: updates the ``workers`` row (with the model's depth, by which the
+  gateway bounds requested layers) and extends the running job's lease;
 * the **nudge** thread: turns queue nudges into a reconcile request for the model thread.
 
 Queue or database outages are logged and retried with backoff; the loop never dies of them.
@@ -31,9 +32,19 @@ from service.db.models import Job, utcnow
 from service.engine.creme import EditCancelled
 from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
-from service.jobs.claims import ClaimLost, claim, extend_lease, finish, is_cancel_requested, problem, release, sweep
+from service.jobs.claims import (
+    ClaimLost,
+    claim,
+    extend_lease,
+    finish,
+    is_cancel_requested,
+    release,
+    sweep,
+)
 from service.jobs.queue import Delivery, JobQueue, NudgeSubscription, QueueUnavailable
-from service.jobs.runner import DATABASE_UNAVAILABLE, JobContext, problem_for, run_job
+from service.jobs.runner import DATABASE_UNAVAILABLE, JobContext, log_job_end, problem_for, run_job
+from service.logs import configure_logging
+from service.problems import cancelled_problem
 from service.reconcile import Reconciler, record_worker
 from service.settings import Settings
 
@@ -77,7 +88,7 @@ class Worker:
         # A fresh queue consumer per incarnation, so a restarted worker can reclaim what it left pending.
         self.consumer = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         self.weights = weights or WeightState(lm)
-        self.reconciler = Reconciler(lm, self.weights, session_factory, worker_id=self.worker_id)
+        self.reconciler = Reconciler(lm, self.weights, session_factory, worker_id=self.worker_id, on_change=self._beat)
         self.model_lock = threading.RLock()
         self.poll_seconds = poll_seconds
         self.sweep_seconds = sweep_seconds or max(1.0, min(settings.worker_lease_seconds / 2, 15.0))
@@ -98,6 +109,7 @@ class Worker:
         self._reclaimed: deque[Delivery] = deque()  # deliveries to handle before receiving new ones
         self._unacked: deque[Delivery] = deque()  # acks that failed, retried each loop
         self._started_at = utcnow()
+        self._beat_lock = threading.Lock()  # one heartbeat at a time, so an older state never lands last
         self._last_reconcile = 0.0
         self._next_sweep = 0.0
         self._thread: threading.Thread | None = None
@@ -179,6 +191,10 @@ class Worker:
 
     def _beat(self, status: str | None = None) -> None:
         """Heartbeat: the workers row, and the lease of the running job. Never raises."""
+        with self._beat_lock:
+            self._beat_locked(status)
+
+    def _beat_locked(self, status: str | None) -> None:
         job_id = self._current
         status = status or self.status
         try:
@@ -189,6 +205,7 @@ class Worker:
                     host=self.host,
                     base_model=self.lm.name,
                     model_fingerprint=self.lm.fingerprint,
+                    n_layers=self.lm.n_layers,
                     state_version=self.reconciler.version,
                     weights_checksum=self.reconciler.checksum,
                     status=status,
@@ -253,13 +270,10 @@ class Worker:
             self._reconcile_now()
 
     def _reconcile_now(self) -> None:
-        """Bring the weights to the desired state; a new version is reported at once, not at the next beat."""
-        before = self.reconciler.version
+        """Bring the weights to the desired state; the reconciler reports a new state at once (``on_change``)."""
         with self.model_lock:
             self.reconciler.reconcile()
         self._last_reconcile = time.monotonic()
-        if self.reconciler.version != before:
-            self._beat()
 
     def _maybe_sweep(self) -> None:
         if time.monotonic() < self._next_sweep:
@@ -313,6 +327,7 @@ class Worker:
 
     def _run(self, job: Job) -> None:
         log.info("worker %s running %s job %s (attempt %d)", self.worker_id, job.kind, job.id, job.attempts)
+        started = time.perf_counter()
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
         status = "succeeded"
@@ -327,7 +342,7 @@ class Worker:
             if self._stop.is_set() and not self._cancel_requested(job.id):
                 self._release(job.id)
                 return
-            status, error = "cancelled", problem("job-cancelled", "job cancelled", 409, "cancelled on request")
+            status, error = "cancelled", cancelled_problem("cancelled on request while running")
         except DATABASE_UNAVAILABLE as exc:
             # Not a failure of the job: leave it running; its lease expires and the sweep retries it.
             log.warning("worker %s: the database failed during job %s, to be retried: %s", self.worker_id, job.id, exc)
@@ -339,7 +354,8 @@ class Worker:
                 log.exception("job %s failed", job.id)
             else:
                 log.info("job %s failed: %s", job.id, error["detail"])
-        self._finish(job.id, status, result, error)
+        if self._finish(job.id, status, result, error):
+            log_job_end(job, status, time.perf_counter() - started, self.worker_id)
 
     def _cancel_requested(self, job_id: str) -> bool:
         with self.session_factory() as session:
@@ -356,15 +372,17 @@ class Worker:
             except QueueUnavailable as exc:  # the sweep re-enqueues it
                 log.warning("could not re-enqueue released job %s: %s", job_id, exc)
 
-    def _finish(self, job_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None) -> None:
+    def _finish(self, job_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None) -> bool:
+        """Record the outcome; whether it was recorded."""
         try:
             with self.session_factory() as session:
                 done = finish(session, job_id, self.worker_id, status=status, result=result, error=error)
         except SQLAlchemyError as exc:  # the lease expires and the sweep retries the job
             log.warning("could not record the outcome of job %s: %s", job_id, exc)
-            return
+            return False
         if not done:
             log.warning("job %s finished as %s but the claim was lost first", job_id, status)
+        return done
 
 
 def main(settings: Settings | None = None) -> None:
@@ -375,7 +393,7 @@ def main(settings: Settings | None = None) -> None:
     from service.settings import get_settings
 
     settings = settings or get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format, level=logging.INFO)
     lm = load_model(settings.model, cache_dir=settings.cache_dir, dtype=settings.dtype, device=settings.device)
     engine = make_engine(settings.database_url)
     queue = queue_for(settings)

@@ -9,23 +9,23 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api.deps import SessionDep
+from api.auth import AuthorizedRoute
+from api.deps import IdempotencyDep, SessionDep
 from api.routers import jobrun
-from api.schemas import AnalysisAccepted, JobOut, job_out, problems
+from api.schemas import AnalysisAccepted, JobOut, LogitLensJobOut, job_out, problems
 from service.jobs.payloads import CompositionalityPayload, InterventionPayload, LocatePayload, LogitLensPayload
 from service.usecases.jobs import ANALYSIS_KINDS, get_job, is_terminal
 
-router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
+router = APIRouter(prefix="/v1/analyses", tags=["analyses"], route_class=AuthorizedRoute)
 
 PreferHeader = Annotated[str | None, Header(description="`wait=N`: hold the request up to N seconds.")]
-IdempotencyHeader = Annotated[str | None, Header(min_length=1, max_length=255)]
 _RESPONSES = {200: {"model": JobOut, "description": "Finished within `Prefer: wait`."}} | problems(
     400, 413, 422, 429, 503
 )
 
 
 def _submitter(
-    request: Request, prefer: PreferHeader = None, idempotency_key: IdempotencyHeader = None
+    request: Request, idempotency_key: IdempotencyDep, prefer: PreferHeader = None
 ) -> Callable[[str, BaseModel], Awaitable[JSONResponse]]:
     """What every analysis route takes besides its body; the routes differ only in the job kind."""
 
@@ -42,7 +42,12 @@ def _submitter(
 SubmitDep = Annotated[Callable[[str, BaseModel], Awaitable[JSONResponse]], Depends(_submitter)]
 
 
-@router.post("/logit-lens", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
+@router.post(
+    "/logit-lens",
+    status_code=202,
+    response_model=AnalysisAccepted,
+    responses=_RESPONSES | {200: {"model": LogitLensJobOut, "description": "Finished within `Prefer: wait`."}},
+)
 async def logit_lens(body: LogitLensPayload, submit: SubmitDep) -> JSONResponse:
     """Logit lens: what each layer's residual stream predicts, read out through the unembedding."""
     return await submit("logit-lens", body)

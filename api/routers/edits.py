@@ -8,8 +8,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
-from api.deps import ActorDep, FactoryDep, LimitsDep, QueueDep, SessionDep, SettingsDep
+from api.auth import AuthorizedRoute
+from api.deps import ActorDep, FactoryDep, IdempotencyDep, LimitsDep, QueueDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.http import in_session, parse_if_match, parse_prefer_wait, version_etag, wait_for_job
 from api.schemas import (
@@ -25,15 +27,13 @@ from api.schemas import (
     edit_url,
     problems,
 )
-from service.usecases.edits import change_state, get_delta, get_edit, list_edits, submit_edit
+from service.db.models import Edit
+from service.usecases.edits import change_state, edit_histories, get_delta, get_edit, list_edits, submit_edit
 from service.usecases.jobs import is_terminal
 
-router = APIRouter(prefix="/v1/edits", tags=["edits"])
+router = APIRouter(prefix="/v1/edits", tags=["edits"], route_class=AuthorizedRoute)
 
 PreferHeader = Annotated[str | None, Header(description="`wait=N`: hold the request up to N seconds.")]
-IdempotencyHeader = Annotated[
-    str | None, Header(min_length=1, max_length=255, description="Replays return the first result.")
-]
 IfMatchHeader = Annotated[str | None, Header(description='The expected state version, e.g. `"3"`.')]
 Action = Literal["apply", "revert"]
 
@@ -52,8 +52,8 @@ async def create_edit(
     settings: SettingsDep,
     limits: LimitsDep,
     actor: ActorDep,
+    idempotency_key: IdempotencyDep,
     prefer: PreferHeader = None,
-    idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     """Patch a failing compositional query: store a pending edit and queue its computation."""
     request = body.model_dump(mode="json")
@@ -76,9 +76,9 @@ async def create_edit(
         headers["Preference-Applied"] = f"wait={wait:g}"
         job = await wait_for_job(factory, job.id, wait)
         if is_terminal(job):
-            edit = await in_session(factory, lambda s: get_edit(s, edit.id))
+            done = await in_session(factory, lambda s: _with_history(s, get_edit(s, edit.id)))
             headers["Content-Location"] = edit_url(edit.id)
-            return JSONResponse(edit_out(edit).model_dump(mode="json"), status_code=200, headers=headers)
+            return JSONResponse(done.model_dump(mode="json"), status_code=200, headers=headers)
     accepted = EditAccepted(
         id=edit.id, status=edit.status, url=edit_url(edit.id), job=Link(id=job.id, url=f"/v1/jobs/{job.id}")
     )
@@ -94,13 +94,19 @@ def list_edits_route(
 ) -> EditPage:
     """Edits newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     page = list_edits(session, status=status, cursor=cursor, limit=limit)
-    return EditPage(items=[edit_out(e) for e in page.items], next_cursor=page.next_cursor)
+    histories = edit_histories(session, [e.id for e in page.items])
+    return EditPage(items=[edit_out(e, histories[e.id]) for e in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/{edit_id}", response_model=EditOut, responses=problems(404, 422, 503))
 def read_edit(edit_id: str, session: SessionDep) -> EditOut:
-    """One edit with its status, metrics, layers, delta norms and history."""
-    return edit_out(get_edit(session, edit_id))
+    """One edit with its status, metrics, layers, delta norms and history (its applies and reverts)."""
+    return _with_history(session, get_edit(session, edit_id))
+
+
+def _with_history(session: Session, edit: Edit) -> EditOut:
+    """The edit as the API shows it, with its applies and reverts."""
+    return edit_out(edit, edit_histories(session, [edit.id])[edit.id])
 
 
 def _state_change(
@@ -110,8 +116,8 @@ def _state_change(
     settings: SettingsDep,
     actor: ActorDep,
     response: Response,
+    idempotency_key: IdempotencyDep,
     if_match: IfMatchHeader = None,
-    idempotency_key: IdempotencyHeader = None,
 ) -> Callable[[Action], StateChange]:
     """What apply and revert take from the request; the two differ only in the action they pass."""
 
@@ -122,7 +128,7 @@ def _state_change(
         )
         response.headers["ETag"] = version_etag(state.version)
         return StateChange(
-            edit=edit_out(edit), state=StateOut(version=state.version, active_edits=state.active_edit_ids)
+            edit=_with_history(session, edit), state=StateOut(version=state.version, active_edits=state.active_edit_ids)
         )
 
     return change

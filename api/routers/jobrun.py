@@ -8,10 +8,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api.errors import PROBLEM_MEDIA_TYPE, problem_type
+from api.deps import limits_for
+from api.errors import PROBLEM_MEDIA_TYPE
 from api.http import in_session, parse_prefer_wait, wait_for_job
 from api.schemas import AnalysisAccepted, job_out, job_url
 from service.db.models import Job
+from service.problems import CANCELLED, problem_type
 from service.usecases.jobs import submit_job
 
 _JOB_STATUS_PROBLEM = {"failed": 500, "cancelled": 409}
@@ -23,7 +25,9 @@ async def submit(request: Request, kind: str, body: BaseModel, idempotency_key: 
     payload = body.model_dump(mode="json")
     return await in_session(
         state.session_factory,
-        lambda s: submit_job(s, state.queue, kind, payload, limits=state.limits, idempotency_key=idempotency_key),
+        lambda s: submit_job(
+            s, state.queue, kind, payload, limits=limits_for(request, s), idempotency_key=idempotency_key
+        ),
     )
 
 
@@ -48,7 +52,7 @@ def failure(request: Request, job: Job, headers: dict[str, str]) -> JSONResponse
     if not (isinstance(status, int) and 400 <= status < 600):
         status = _JOB_STATUS_PROBLEM.get(job.status, 500)
     body = {
-        "type": problem_type(f"job-{job.status}"),
+        "type": problem_type(CANCELLED if job.status == "cancelled" else f"job-{job.status}"),
         "title": f"Job {job.status}",
         "detail": f"job {job.id} {job.status}",
         **stored,

@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
+from api.auth import AuthorizedRoute
 from api.deps import SessionDep
 from api.schemas import JobKind, JobOut, JobPage, JobStatus, job_out, problems
 from service.usecases.jobs import cancel_job, get_job, list_jobs
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AuthorizedRoute)
 
 
 @router.get("", response_model=JobPage, responses=problems(422, 503))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from api.auth import AuthorizedRoute
 from api.deps import SessionDep, SettingsDep
 from api.http import version_etag
 from api.schemas import ModelOut, model_out, problems
 from service.usecases.model import model_status
 
-router = APIRouter(prefix="/v1/model", tags=["model"])
+router = APIRouter(prefix="/v1/model", tags=["model"], route_class=AuthorizedRoute)
 
 
 @router.get("", response_model=ModelOut, responses=problems(503))

@@ -7,15 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
+from api.auth import AuthorizedRoute
+from api.deps import IdempotencyDep
 from api.routers import jobrun
 from api.schemas import GenerateOut, JobOut, ScoreOut, problems
 from service.db.models import Job
 from service.jobs.payloads import GeneratePayload, ScorePayload
 
-router = APIRouter(prefix="/v1", tags=["query"])
+router = APIRouter(prefix="/v1", tags=["query"], route_class=AuthorizedRoute)
 
 PreferHeader = Annotated[str | None, Header(description="`wait=N`: wait at most N seconds (default: the cap).")]
-IdempotencyHeader = Annotated[str | None, Header(min_length=1, max_length=255)]
 _RESPONSES = {202: {"model": JobOut, "description": "Still running; poll the job."}} | problems(
     400, 409, 413, 422, 429, 500, 503
 )
@@ -35,7 +36,7 @@ async def _answer(
 
 @router.post("/score", response_model=ScoreOut, responses=_RESPONSES)
 async def score(
-    body: ScorePayload, request: Request, prefer: PreferHeader = None, idempotency_key: IdempotencyHeader = None
+    body: ScorePayload, request: Request, idempotency_key: IdempotencyDep, prefer: PreferHeader = None
 ) -> JSONResponse:
     """The probability of each answer after the prompt, on the current (edited) model."""
     return await _answer(request, "score", body, prefer, idempotency_key)
@@ -43,7 +44,7 @@ async def score(
 
 @router.post("/generate", response_model=GenerateOut, responses=_RESPONSES)
 async def generate(
-    body: GeneratePayload, request: Request, prefer: PreferHeader = None, idempotency_key: IdempotencyHeader = None
+    body: GeneratePayload, request: Request, idempotency_key: IdempotencyDep, prefer: PreferHeader = None
 ) -> JSONResponse:
     """Greedy continuation of the prompt on the current (edited) model."""
     return await _answer(request, "generate", body, prefer, idempotency_key)

@@ -207,6 +207,7 @@ class Worker(Base):
     host: Mapped[str] = mapped_column(String(255))
     base_model: Mapped[str] = mapped_column(String(255))
     model_fingerprint: Mapped[str] = mapped_column(String(128))
+    n_layers: Mapped[int | None] = mapped_column(Integer)  # the model's depth; None from workers before 0003
     state_version: Mapped[int] = mapped_column(Integer)
     weights_checksum: Mapped[str | None] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(32))

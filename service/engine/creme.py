@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -11,11 +10,11 @@ import torch
 
 from service.engine.delta import EditDelta, LayerFactors
 from service.engine.hooks import Resume, Trace, block_path, run
+from service.engine.inputs import check_layers, default_band, find_phrase, template_problem
 from service.engine.loading import LoadedModel
 from service.engine.options import DEFAULT_TEMPLATES
 from service.engine.prompts import Batch, encode
 from service.engine.weights import add_in_place, restored_after
-from service.settings import EMBEDDED_MODEL
 
 Schedule = Literal["fast", "reference"]
 Progress = Callable[[int, int, str], None]
@@ -41,8 +40,7 @@ class CompositionalQuery:
             raise ValueError(f"hop1_phrase {self.hop1_phrase!r} does not occur in the prompt")
 
     def _hop1_span(self) -> tuple[int, int] | None:
-        match = re.search(re.escape(self.hop1_phrase), self.prompt, flags=re.IGNORECASE)
-        return match.span() if match else None
+        return find_phrase(self.prompt, self.hop1_phrase)
 
     @property
     def guide_prompt(self) -> str:
@@ -115,10 +113,12 @@ def compute_edit(
     factors by resuming from cached hidden states and stopping at the edited projection.
     ``method`` and ``params`` are recorded in the delta so the edit can be reproduced.
     """
-    layers = sorted(set(layers))
-    _check_layers(lm, layers)
-    if not templates or any(t.count("{}") != 1 for t in templates):
-        raise ValueError("every template must contain exactly one '{}'")
+    layers = check_layers(layers, lm.n_layers)
+    if not templates:
+        raise ValueError("at least one template is required")
+    for template in templates:
+        if (problem := template_problem(template)) is not None:
+            raise ValueError(f"{problem}: {template!r}")
     batch_c = encode(lm, [t.format(query.prompt) for t in templates])
     batch_g = encode(lm, [t.format(query.guide_prompt) for t in templates])
     steps = _ReferenceSchedule() if schedule == "reference" else _FastSchedule()
@@ -143,14 +143,6 @@ def compute_edit(
         params=dict(params or {}),
     )
     return EditResult(delta=delta, guide_prompt=query.guide_prompt, reports=reports)
-
-
-def _check_layers(lm: LoadedModel, layers: Sequence[int]) -> None:
-    if not layers:
-        raise ValueError("at least one layer is required")
-    bad = [layer for layer in layers if not 0 <= layer < lm.n_layers]
-    if bad:
-        raise ValueError(f"layers {bad} are outside 0..{lm.n_layers - 1}")
 
 
 def _last_token(tensor: torch.Tensor) -> torch.Tensor:
@@ -232,13 +224,6 @@ def _report(sample: LayerSample, edited: torch.Tensor, *, rank: int) -> LayerRep
     )
 
 
-EMBEDDED_DEFAULT_LAYERS = tuple(range(10, 21))  # measured on the embedded SmolLM2-135M: see README
-
-
 def default_layers(lm: LoadedModel) -> list[int]:
-    """The default edit band: measured for the embedded model; else the published 17-23 of 32, scaled."""
-    if lm.name == EMBEDDED_MODEL and lm.n_layers == 30:
-        return list(EMBEDDED_DEFAULT_LAYERS)
-    n = lm.n_layers
-    start, stop = round(n * 17 / 32), round(n * 23 / 32)
-    return list(range(min(start, n - 1), min(max(stop, start), n - 1) + 1))
+    """The default edit band of ``lm`` (:func:`~service.engine.inputs.default_band`)."""
+    return default_band(lm.name, lm.n_layers)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from service.engine.inputs import check_layers
 from service.engine.loading import LoadedModel
 from service.engine.prompts import Batch
 
@@ -154,11 +155,7 @@ def block_path(lm: LoadedModel, layer: int, sub: str | None = None) -> str:
 
 def select_layers(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
     """``layers`` sorted, without repeats (all when None); ValueError unless a non-empty subset of the model's."""
-    n_layers = lm.n_layers
-    chosen = list(range(n_layers)) if layers is None else sorted(set(layers))
-    if not chosen or any(not 0 <= layer < n_layers for layer in chosen):
-        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1}")
-    return chosen
+    return list(range(lm.n_layers)) if layers is None else check_layers(layers, lm.n_layers)
 
 
 def resume_from(lm: LoadedModel, trace: Trace, layer: int, rows: int) -> Resume | None:

@@ -24,11 +24,15 @@ class TokenProb:
 
 @dataclass(frozen=True)
 class TargetStat:
-    """A target string at one layer: probability and 1-based rank, each averaged over its sub-tokens."""
+    """A target string at one layer: probability and 1-based rank, each averaged over its sub-tokens.
+
+    The rank is an integer: the mean of the sub-tokens' ranks rounded to the nearest (halves up),
+    so a one-token target has exactly its token's rank.
+    """
 
     target: str
     prob: float
-    rank: float
+    rank: int
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,11 @@ def last_logits(
     return unembed(lm, trace.outputs[norm][:, -1], apply_final_norm=False)
 
 
+def mean_rank(ranks: Sequence[int]) -> int:
+    """The mean of 1-based ``ranks`` rounded to the nearest integer, halves up (exact integer arithmetic)."""
+    return (2 * sum(ranks) + len(ranks)) // (2 * len(ranks))
+
+
 def _ranks(logits: torch.Tensor, ids: Sequence[int]) -> list[int]:
     """1-based rank of each id in ``logits`` [vocab]: one plus the number of strictly more likely tokens.
 
@@ -153,7 +162,7 @@ def logit_lens(
             for p, i in zip(top_p[layer], top_i[layer], strict=True)
         )
         stats = tuple(
-            TargetStat(target=t, prob=float(row[list(ids)].mean()), rank=sum(_ranks(logits[layer], ids)) / len(ids))
+            TargetStat(target=t, prob=float(row[list(ids)].mean()), rank=mean_rank(_ranks(logits[layer], ids)))
             for t, ids in zip(targets, target_ids, strict=True)
         )
         layers.append(LensLayer(layer=layer, top=top, targets=stats))
@@ -187,6 +196,6 @@ def format_lens_table(result: LensResult, *, token_width: int = 14) -> str:
         best = entry.top[0]
         line = f"{entry.layer:>5}  {_cell(best.token, token_width):<{token_width}} {best.prob:>6.3f}"
         for stat, width in zip(entry.targets, widths, strict=True):
-            line += f"  {stat.prob:>{width}.4f} {stat.rank:>8.1f}"
+            line += f"  {stat.prob:>{width}.4f} {stat.rank:>8d}"
         lines.append(line)
     return "\n".join(lines)

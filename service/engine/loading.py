@@ -71,7 +71,7 @@ def embedded_gguf_path() -> Path:
 def ensure_embedded_model(cache_dir: Path) -> Path:
     """Convert the embedded GGUF once to a float32 safetensors directory; return that directory."""
     target = cache_dir / EMBEDDED_CACHE_NAME
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+    if _is_converted(target):
         return target
     gguf = embedded_gguf_path()
     log.info("converting %s to float32 safetensors in %s (once)", gguf.name, target)
@@ -89,6 +89,10 @@ def ensure_embedded_model(cache_dir: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
+
+
+def _is_converted(target: Path) -> bool:
+    return (target / "model.safetensors").is_file() and (target / "config.json").is_file()
 
 
 def resolve_model_dir(model: str, cache_dir: Path) -> Path:
@@ -109,6 +113,23 @@ def parameters_fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def load_tokenizer(model: str, *, cache_dir: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``model`` alone, set up as :func:`load_model` sets it up (left padding, a pad token).
+
+    Reads no weights: until the embedded model is converted, its tokenizer comes from the GGUF file.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if model == EMBEDDED_MODEL and not _is_converted(cache_dir / EMBEDDED_CACHE_NAME):
+        gguf = embedded_gguf_path()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(model, cache_dir))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_model(
@@ -134,10 +155,7 @@ def load_model(
             "(pickle checkpoints such as pytorch_model.bin are never read)"
         )
     config = AutoConfig.from_pretrained(directory)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model, cache_dir=cache_dir)
     network = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=_DTYPES[dtype], use_safetensors=True)
     network.to(device).eval().requires_grad_(False)
     adapter = adapter_for(network)

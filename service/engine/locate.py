@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 
 from service.engine.creme import CompositionalQuery
 from service.engine.hooks import OutputEdit, block_path, resume_from, run, select_layers
+from service.engine.inputs import find_phrase
 from service.engine.lens import last_logits, unembed
 from service.engine.loading import LoadedModel
 from service.engine.prompts import Batch, answer_token_ids, encode
@@ -67,11 +67,11 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
 
 
 def _span(text: str, phrase: str) -> tuple[int, int]:
-    """Character span of the first case-insensitive occurrence of ``phrase`` in ``text``."""
-    match = re.search(re.escape(phrase), text, flags=re.IGNORECASE)
-    if match is None:
+    """Character span of ``phrase`` in ``text`` as :func:`~service.engine.inputs.find_phrase` finds it."""
+    span = find_phrase(text, phrase)
+    if span is None:
         raise ValueError(f"{phrase!r} does not occur in {text!r}")
-    return match.span()
+    return span
 
 
 def _last_token_before(lm: LoadedModel, text: str, end: int, row_length: int) -> int:

@@ -23,21 +23,31 @@ from sqlalchemy.orm import Session
 
 from service.db.models import JOB_TERMINAL_STATUSES, Edit, Job, utcnow
 from service.jobs.queue import JobQueue, QueueUnavailable
-from service.usecases.errors import PROBLEM_BASE
+from service.problems import cancelled_problem, problem
 
 log = logging.getLogger(__name__)
 
 STALE_QUEUED_SECONDS = 5.0
 REQUEUE_INTERVAL_SECONDS = 30.0
+OUTCOME_REASON_CHARS = 200  # of a failed job's progress message (the whole reason is in its error)
 
 
 class ClaimLost(RuntimeError):
     """This worker no longer holds the job (lease expired and the sweep moved it on)."""
 
 
-def problem(slug: str, title: str, status: int, detail: str) -> dict[str, Any]:
-    """An RFC 9457 problem object whose stable ``type`` is ``PROBLEM_BASE + slug`` (as the API's)."""
-    return {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
+def outcome_progress(progress: dict[str, Any] | None, status: str, error: dict[str, Any] | None) -> dict[str, Any]:
+    """``progress`` (step and total kept) with a message that says how the job ended."""
+    if status == "succeeded":
+        message = "done"
+    elif status == "cancelled":
+        message = "cancelled"
+    else:
+        reason = str((error or {}).get("detail") or (error or {}).get("title") or "no reason recorded")
+        if len(reason) > OUTCOME_REASON_CHARS:
+            reason = reason[: OUTCOME_REASON_CHARS - 1] + "…"
+        message = "failed: " + reason
+    return {**_message(""), **(progress or {}), "message": message}
 
 
 def _rowcount(result: Any) -> int:
@@ -81,13 +91,14 @@ def claim(session: Session, job_id: str, worker_id: str, lease_seconds: float) -
     )
     if _commit(session, stmt) == 1:
         return session.get(Job, job_id, populate_existing=True)
+    error = cancelled_problem("cancelled before a worker ran it")
     cancel = (
         update(Job)
         .where(Job.id == job_id, claimable, Job.cancel_requested.is_(True))
-        .values(status="cancelled", finished_at=now, lease_expires_at=None, progress=_message("cancelled"))
+        .values(status="cancelled", error=error, finished_at=now, lease_expires_at=None, progress=_message("cancelled"))
     )
     if _commit(session, cancel) == 1:
-        _fail_edit_of(session, job_id, problem("edit-cancelled", "edit cancelled", 409, "the job was cancelled"))
+        _fail_edit_of(session, job_id, error)
     return None
 
 
@@ -132,22 +143,33 @@ def finish(
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
 ) -> bool:
-    """Record the outcome (a terminal ``status``) if ``worker_id`` still holds the job.
+    """Record the outcome (a terminal ``status``) and its progress message if ``worker_id`` still holds the job.
 
-    A failed or cancelled edit job also fails its edit unless the edit got past computing.
+    A failed or cancelled edit job also fails its edit unless the edit got past computing; the
+    edit gets the job's ``error`` (a cancelled job without one: :func:`cancelled_problem`).
     """
     if status not in JOB_TERMINAL_STATUSES:
         raise ValueError(f"finish needs a terminal status, not {status!r}")
+    if status == "cancelled" and error is None:
+        error = cancelled_problem("cancelled")
     now = utcnow()
+    progress = session.scalar(select(Job.progress).where(*_claimed(job_id, worker_id)))
     stmt = (
         update(Job)
         .where(*_claimed(job_id, worker_id))
-        .values(status=status, result=result, error=error, finished_at=now, lease_expires_at=None)
+        .values(
+            status=status,
+            result=result,
+            error=error,
+            finished_at=now,
+            lease_expires_at=None,
+            progress=outcome_progress(progress, status, error),
+        )
     )
     if _commit(session, stmt) != 1:
         return False
     if status != "succeeded":
-        _fail_edit_of(session, job_id, error or problem("edit-cancelled", "edit cancelled", 409, "job " + status))
+        _fail_edit_of(session, job_id, error or problem("job-failed", "job failed", 500, "the job failed"))
     return True
 
 
@@ -257,9 +279,20 @@ def sweep(
     return report
 
 
+def _ended(status: str, error: dict[str, Any], progress: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+    """The column values of a job the sweep ends with ``status``."""
+    return {
+        "status": status,
+        "error": error,
+        "finished_at": now,
+        "lease_expires_at": None,
+        "progress": outcome_progress(progress, status, error),
+    }
+
+
 def _sweep_expired(session: Session, now: datetime, marker: datetime, report: SweepReport) -> list[str]:
     rows = session.execute(
-        select(Job.id, Job.attempts, Job.max_attempts, Job.claimed_by, Job.cancel_requested).where(
+        select(Job.id, Job.attempts, Job.max_attempts, Job.claimed_by, Job.cancel_requested, Job.progress).where(
             Job.status == "running", Job.lease_expires_at < now
         )
     ).all()
@@ -273,10 +306,10 @@ def _sweep_expired(session: Session, now: datetime, marker: datetime, report: Sw
             Job.claimed_by == row.claimed_by,
         )
         if row.cancel_requested:
-            values: dict[str, Any] = {"status": "cancelled", "finished_at": now, "lease_expires_at": None}
-            if _commit(session, update(Job).where(*guard).values(**values)) == 1:
+            error = cancelled_problem(f"cancelled while worker {row.claimed_by} had stopped heartbeating")
+            if _commit(session, update(Job).where(*guard).values(**_ended("cancelled", error, row.progress, now))) == 1:
                 report.cancelled.append(row.id)
-                _fail_edit_of(session, row.id, problem("edit-cancelled", "edit cancelled", 409, "job cancelled"))
+                _fail_edit_of(session, row.id, error)
         elif row.attempts < row.max_attempts:
             note = _message(f"requeued: worker {row.claimed_by} stopped heartbeating")
             values = {"status": "queued", "claimed_by": None, "lease_expires_at": marker, "progress": note}
@@ -287,8 +320,7 @@ def _sweep_expired(session: Session, now: datetime, marker: datetime, report: Sw
         else:
             detail = f"worker {row.claimed_by} stopped heartbeating after {row.attempts} attempts"
             error = problem("job-abandoned", "job abandoned", 500, detail)
-            values = {"status": "failed", "error": error, "finished_at": now, "lease_expires_at": None}
-            if _commit(session, update(Job).where(*guard).values(**values)) == 1:
+            if _commit(session, update(Job).where(*guard).values(**_ended("failed", error, row.progress, now))) == 1:
                 report.failed.append(row.id)
                 _fail_edit_of(session, row.id, error)
     return retried
@@ -297,7 +329,7 @@ def _sweep_expired(session: Session, now: datetime, marker: datetime, report: Sw
 def _sweep_queued(
     session: Session, queue: JobQueue, now: datetime, marker: datetime, stale_seconds: float, report: SweepReport
 ) -> list[str]:
-    stale = select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested).where(
+    stale = select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.progress).where(
         Job.status == "queued",
         Job.created_at < now - timedelta(seconds=stale_seconds),
         or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
@@ -317,12 +349,13 @@ def _sweep_queued(
     for row in rows:
         pick = update(Job).where(Job.id == row.id, *guard)
         if row.cancel_requested:
-            if _commit(session, pick.values(status="cancelled", finished_at=now)) == 1:
+            error = cancelled_problem("cancelled before a worker ran it")
+            if _commit(session, pick.values(**_ended("cancelled", error, row.progress, now))) == 1:
                 report.cancelled.append(row.id)
-                _fail_edit_of(session, row.id, problem("edit-cancelled", "edit cancelled", 409, "job cancelled"))
+                _fail_edit_of(session, row.id, error)
         elif row.attempts >= row.max_attempts:
             error = problem("job-abandoned", "job abandoned", 500, f"no attempts left after {row.attempts}")
-            if _commit(session, pick.values(status="failed", error=error, finished_at=now)) == 1:
+            if _commit(session, pick.values(**_ended("failed", error, row.progress, now))) == 1:
                 report.failed.append(row.id)
                 _fail_edit_of(session, row.id, error)
         elif lost and _commit(session, pick.values(lease_expires_at=marker)) == 1:

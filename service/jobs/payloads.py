@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class _Payload(BaseModel):
@@ -29,7 +29,7 @@ class EditPayload(_Payload):
 class LogitLensPayload(_Payload):
     prompt: str = Field(min_length=1)
     targets: list[str] = Field(default_factory=list)
-    top_k: int = Field(5, ge=1, le=50)
+    top_k: StrictInt = Field(5, ge=1, le=50)
     apply_final_norm: bool = True
 
 
@@ -38,14 +38,14 @@ class LocatePayload(_Payload):
     hop1_phrase: str = Field(min_length=1)
     bridge: str = Field(min_length=1)
     answer: str = Field(min_length=1)
-    window: int = Field(6, ge=1, le=64)
+    window: StrictInt = Field(6, ge=1, le=64)
 
 
 class InterventionPayload(_Payload):
     prompt: str = Field(min_length=1)
     bridge: str = Field(min_length=1)
     answer: str = Field(min_length=1)
-    layers: list[int] | None = None
+    layers: list[StrictInt] | None = None
     compensate: bool = True
 
 
@@ -57,7 +57,7 @@ class CompositionalityPayload(_Payload):
 
 class GeneratePayload(_Payload):
     prompt: str = Field(min_length=1)
-    max_new_tokens: int = Field(16, ge=1, le=256)
+    max_new_tokens: StrictInt = Field(16, ge=1, le=256)
 
 
 class ScorePayload(_Payload):

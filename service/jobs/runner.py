@@ -32,8 +32,10 @@ from service.engine.methods import compute_with, method_spec
 from service.engine.safety import Canary, check_safety
 from service.engine.weights import WeightState
 from service.jobs import payloads as P
-from service.jobs.claims import ClaimLost, is_cancel_requested, lock_claim, mark_edit_failed, problem, report_progress
+from service.jobs.claims import ClaimLost, is_cancel_requested, lock_claim, mark_edit_failed, report_progress
 from service.jobs.queue import JobQueue, QueueUnavailable
+from service.logs import JOBS, event
+from service.problems import problem
 from service.reconcile import Reconciler
 from service.settings import Settings
 
@@ -117,6 +119,11 @@ def run_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     result = handler(job, P.parse_payload(job.kind, job.payload), ctx)
     result.setdefault("state_version", ctx.reconciler.version)
     return json_safe(result)
+
+
+def log_job_end(job: Job, status: str, seconds: float, worker_id: str) -> None:
+    """The one ``job`` log event of a job whose outcome was recorded: id, kind, status, seconds, worker."""
+    event(JOBS, "job", job_id=job.id, kind=job.kind, status=status, seconds=round(seconds, 6), worker=worker_id)
 
 
 def json_safe(value: Any) -> Any:

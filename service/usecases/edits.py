@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -16,12 +16,19 @@ from service.jobs.payloads import EditPayload
 from service.jobs.queue import JobQueue, QueueUnavailable
 from service.usecases.errors import (
     ConflictError,
-    IdempotencyConflict,
     InvalidRequest,
     NotFoundError,
     PreconditionFailed,
 )
-from service.usecases.jobs import check_capacity, enqueue_after_commit, find_idempotent, new_job, request_hash
+from service.usecases.jobs import (
+    check_capacity,
+    enqueue_after_commit,
+    find_idempotent,
+    idempotency_reused,
+    idempotent_use,
+    new_job,
+    request_hash,
+)
 from service.usecases.pagination import Page, paginate
 from service.usecases.validation import Limits, validate_edit_request
 
@@ -98,6 +105,18 @@ def get_edit(session: Session, edit_id: str) -> Edit:
     if edit is None:
         raise NotFoundError(f"edit {edit_id} not found")
     return edit
+
+
+def edit_histories(session: Session, edit_ids: Sequence[str]) -> dict[str, list[StateEvent]]:
+    """The apply/revert events of each edit in ``edit_ids``, oldest first (one query)."""
+    histories: dict[str, list[StateEvent]] = {edit_id: [] for edit_id in edit_ids}
+    if histories:
+        events = session.scalars(
+            select(StateEvent).where(StateEvent.edit_id.in_(histories)).order_by(StateEvent.version, StateEvent.id)
+        )
+        for event in events:
+            histories[event.edit_id].append(event)
+    return histories
 
 
 def list_edits(
@@ -183,12 +202,12 @@ def change_state(
 
 
 def _state_replay(session: Session, key: str, req_hash: str) -> tuple[Edit, ModelState] | None:
-    """The outcome of the earlier apply/revert made with ``key``, or None; a different request raises."""
-    event = session.scalars(select(StateEvent).where(StateEvent.idempotency_key == key)).one_or_none()
+    """The outcome of the earlier apply/revert made with ``key``, or None; a key used for another request raises."""
+    event = idempotent_use(session, key)
     if event is None:
         return None
-    if event.request_hash != req_hash:
-        raise IdempotencyConflict(f"Idempotency-Key {key!r} was already used for a different request")
+    if not isinstance(event, StateEvent) or event.request_hash != req_hash:
+        raise idempotency_reused(event)
     return get_edit(session, event.edit_id), state_at(session, event.base_model, event.version)
 
 

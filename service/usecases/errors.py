@@ -4,13 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-PROBLEM_BASE = "https://creme.dev/problems/"
-
-
-def problem(slug: str, title: str, detail: str, status: int) -> dict[str, Any]:
-    """An RFC 9457 problem object (as stored in ``jobs.error`` / ``edits.error``)."""
-    return {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
-
 
 class UseCaseError(Exception):
     """Base class: the request was refused and nothing was changed."""

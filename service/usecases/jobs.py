@@ -12,18 +12,18 @@ from sqlalchemy import case, extract, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.models import JOB_KINDS, JOB_STATUSES, JOB_TERMINAL_STATUSES, Edit, Job, new_uuid, utcnow
+from service.db.models import JOB_KINDS, JOB_STATUSES, JOB_TERMINAL_STATUSES, Edit, Job, StateEvent, new_uuid, utcnow
 from service.jobs.queue import JobQueue, QueueUnavailable
+from service.problems import cancelled_problem
 from service.usecases.errors import (
     ConflictError,
     IdempotencyConflict,
     InvalidRequest,
     NotFoundError,
     QueueFull,
-    problem,
 )
 from service.usecases.pagination import Page, paginate
-from service.usecases.validation import Limits, validate_payload
+from service.usecases.validation import Limits, contains_nul, validate_payload
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,39 @@ def check_capacity(session: Session, limits: Limits) -> None:
         raise QueueFull(depth, limits.max_queue_depth)
 
 
-def find_idempotent(session: Session, key: str, kind: str, req_hash: str) -> Job | None:
-    """The job an earlier request with ``key`` created, or None; a different request raises."""
+def scoped_idempotency_key(principal: str, key: str) -> str:
+    """The stored form of an ``Idempotency-Key``: who sent it and the key's sha256 (so any key fits).
+
+    Keys of different principals (API key ids, or ``anonymous``) never meet.
+    """
+    return f"{principal}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def idempotent_use(session: Session, key: str) -> Job | StateEvent | None:
+    """What the earlier request with the scoped ``key`` made: a job, an apply/revert event, or nothing.
+
+    A key is unique within each table; looking in both keeps it to one request across them too.
+    """
     job = session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
-    if job is not None and (job.kind != kind or job.request_hash != req_hash):
-        raise IdempotencyConflict(f"Idempotency-Key {key!r} was already used for a different request")
-    return job
+    if job is not None:
+        return job
+    return session.scalars(select(StateEvent).where(StateEvent.idempotency_key == key)).one_or_none()
+
+
+def idempotency_reused(used: Job | StateEvent) -> IdempotencyConflict:
+    """The error for a key that ``used`` already holds, naming what it was used for."""
+    what = f"{used.kind} job {used.id}" if isinstance(used, Job) else f"{used.action} of edit {used.edit_id}"
+    return IdempotencyConflict(f"the Idempotency-Key was already used for a different request (the {what})")
+
+
+def find_idempotent(session: Session, key: str, kind: str, req_hash: str) -> Job | None:
+    """The job an earlier request with ``key`` created, or None; a key used for another request raises."""
+    used = idempotent_use(session, key)
+    if used is None:
+        return None
+    if isinstance(used, Job) and used.kind == kind and used.request_hash == req_hash:
+        return used
+    raise idempotency_reused(used)
 
 
 def new_job(kind: str, payload: dict[str, Any], limits: Limits, key: str | None, req_hash: str) -> Job:
@@ -124,7 +151,7 @@ def submit_job(
 
 def get_job(session: Session, job_id: str, kinds: Sequence[str] | None = None) -> Job:
     """The job ``job_id`` (fresh from the database), restricted to ``kinds`` if given; else NotFoundError."""
-    job = session.get(Job, job_id, populate_existing=True) if "\x00" not in job_id else None  # no NUL in ids
+    job = None if contains_nul(job_id) else session.get(Job, job_id, populate_existing=True)
     if job is None or (kinds is not None and job.kind not in kinds):
         raise NotFoundError(f"job {job_id} not found")
     return job
@@ -159,7 +186,7 @@ def list_jobs(
 
 def _cancel_queued(session: Session, job: Job) -> bool:
     now = utcnow()
-    error = problem("cancelled", "Job cancelled", "cancelled before a worker started it", 409)
+    error = cancelled_problem("cancelled before a worker ran it")
     result = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status == "queued")

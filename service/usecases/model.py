@@ -25,6 +25,7 @@ class WorkerStatus:
     model_fingerprint: str
     last_heartbeat: datetime
     alive: bool
+    n_layers: int | None = None  # the depth of its model, as it registered it
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class ModelStatus:
         """True iff at least one worker is alive and every live worker is at the desired version."""
         live = self.live_workers
         return bool(live) and all(w.state_version == self.state_version for w in live)
+
+    @property
+    def n_layers(self) -> int | None:
+        """The model's depth as the live workers registered it (the least, should they differ); None with none."""
+        depths = [w.n_layers for w in self.live_workers if w.n_layers is not None]
+        return min(depths) if depths else None
 
 
 def ping_database(session: Session) -> None:
@@ -79,6 +86,7 @@ def model_status(session: Session, base_model: str, lease_seconds: float, now: d
             model_fingerprint=w.model_fingerprint,
             last_heartbeat=w.last_heartbeat,
             alive=w.last_heartbeat >= cutoff and w.status not in STOPPED_WORKER_STATUSES,
+            n_layers=w.n_layers,
         )
         for w in rows
     ]

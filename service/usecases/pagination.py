@@ -13,6 +13,7 @@ from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
 
 from service.usecases.errors import InvalidRequest
+from service.usecases.validation import contains_nul
 
 T = TypeVar("T")
 MAX_LIMIT = 100
@@ -38,7 +39,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         stamp, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         created_at = datetime.fromisoformat(stamp)
-        if not isinstance(row_id, str) or "\x00" in row_id or created_at.tzinfo is None:
+        if not isinstance(row_id, str) or contains_nul(row_id) or created_at.tzinfo is None:
             raise ValueError("malformed cursor")
         created_at = created_at.astimezone(UTC)  # OverflowError at the ends of the datetime range
     except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):

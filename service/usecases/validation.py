@@ -1,25 +1,34 @@
 """Validation of edit requests and job payloads, complete before anything is written.
 
-Structural checks come from pydantic models; the limits that depend on configuration (text length,
-number of evaluation queries, the model's layer count) and the cross-field rules (the hop-1 phrase
-must occur in the prompt) are checked here, and every problem found is reported at once.
+Structural checks come from pydantic models; the limits that depend on configuration (text length
+in characters and in the model's tokens, number of evaluation queries, the model's layer count, the
+cost of an edit) and the cross-field rules (the hop-1 phrase must occur in the prompt) are checked
+here, with the engine's own rules (:mod:`service.engine.inputs`), and every problem found is
+reported at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from service.engine.inputs import default_band, find_phrase, layer_problem, template_problem
 from service.engine.judging import DEFAULT_RULE, JudgeRule
-from service.engine.options import DEFAULT_APPLY, DEFAULT_METHOD, ApplyPolicy, MethodName, TemplateSetName
+from service.engine.options import (
+    DEFAULT_APPLY,
+    DEFAULT_METHOD,
+    TEMPLATE_SETS,
+    ApplyPolicy,
+    MethodName,
+    TemplateSetName,
+)
 from service.jobs.payloads import PAYLOADS
 from service.settings import Settings
 from service.usecases.errors import InvalidRequest
 
-MAX_LAYERS_UNKNOWN = 1024
 MAX_TEMPLATES = 32
 MAX_ALIASES = 16
 CASE_TEXT_FIELDS = ("compositional", "hop1_phrase", "bridge", "hop2", "answer")
@@ -28,23 +37,42 @@ Loc = tuple[str | int, ...]
 
 @dataclass(frozen=True)
 class Limits:
-    """The request limits in force; ``n_layers`` is None when the model's depth is not known here."""
+    """The request limits in force for the jobs of base model ``model``.
+
+    ``n_layers`` is None when the model's depth is not known here (layers are then not bounded);
+    ``count_tokens`` is None where no tokenizer is at hand (token limits are then not checked).
+    """
 
     max_prompt_chars: int = 2000
+    max_prompt_tokens: int = 256
+    max_edit_cost: int = 20_000
     max_eval_queries: int = 64
     max_queue_depth: int = 1000
     max_job_attempts: int = 3
+    model: str = ""
     n_layers: int | None = None
+    count_tokens: Callable[[str], int] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, n_layers: int | None = None) -> Limits:
+    def from_settings(
+        cls, settings: Settings, n_layers: int | None = None, count_tokens: Callable[[str], int] | None = None
+    ) -> Limits:
         return cls(
             max_prompt_chars=settings.max_prompt_chars,
+            max_prompt_tokens=settings.max_prompt_tokens,
+            max_edit_cost=settings.max_edit_cost,
             max_eval_queries=settings.max_eval_queries,
             max_queue_depth=settings.max_queue_depth,
             max_job_attempts=settings.max_job_attempts,
+            model=settings.model,
             n_layers=n_layers,
+            count_tokens=count_tokens,
         )
+
+
+def contains_nul(value: str) -> bool:
+    """Whether ``value`` holds a NUL character, which no stored text or id may (Postgres text cannot)."""
+    return "\x00" in value
 
 
 class ProbeRequest(BaseModel):
@@ -70,7 +98,7 @@ class EditRequest(BaseModel):
     specificity: list[ProbeRequest] = Field(default_factory=list)
     answer_aliases: list[str] = Field(default_factory=list, description="Other names of the answer, for judging.")
     bridge_aliases: list[str] = Field(default_factory=list, description="Other names of the bridge entity.")
-    layers: list[int] | None = Field(None, description="Layers to edit; null lets the worker choose.")
+    layers: list[StrictInt] | None = Field(None, description="Layers to edit; null lets the worker choose.")
     method: MethodName = Field(
         DEFAULT_METHOD,
         description="creme (published), least-squares, local (protects generic text and active edits), "
@@ -99,15 +127,18 @@ def _check_text(value: Any, loc: Loc, limits: Limits, errors: list[dict[str, Any
         errors.append(_error(loc, "Input should be a valid string", "string_type"))
     elif not value.strip():
         errors.append(_error(loc, "must not be empty or only whitespace", "string_blank"))
-    elif "\x00" in value:
+    elif contains_nul(value):
         errors.append(_error(loc, "must not contain NUL characters", "string_nul"))
     elif len(value) > limits.max_prompt_chars:
         msg = f"must be at most {limits.max_prompt_chars} characters (got {len(value)})"
         errors.append(_error(loc, msg, "string_too_long"))
+    elif limits.count_tokens is not None and (tokens := limits.count_tokens(value)) > limits.max_prompt_tokens:
+        msg = f"has {tokens} tokens; the limit is {limits.max_prompt_tokens} tokens (CREME_MAX_PROMPT_TOKENS)"
+        errors.append(_error(loc, msg, "string_too_many_tokens"))
 
 
 def _check_hop1(prompt: str, hop1: str, loc: Loc, errors: list[dict[str, Any]]) -> None:
-    if hop1.strip() and hop1.casefold() not in prompt.casefold():
+    if hop1.strip() and find_phrase(prompt, hop1) is None:
         errors.append(_error(loc, f"{hop1!r} does not occur in the prompt", "hop1_not_in_prompt"))
 
 
@@ -116,10 +147,9 @@ def _check_layers(layers: Sequence[int] | None, loc: Loc, limits: Limits, errors
         return
     if not layers:
         errors.append(_error(loc, "must name at least one layer, or be null for the default", "too_short"))
-    bound = limits.n_layers if limits.n_layers is not None else MAX_LAYERS_UNKNOWN
     for i, layer in enumerate(layers):
-        if not 0 <= layer < bound:
-            errors.append(_error((*loc, i), f"unknown layer {layer}: the model has layers 0..{bound - 1}", "layer"))
+        if (problem := layer_problem(layer, limits.n_layers)) is not None:
+            errors.append(_error((*loc, i), problem, "layer"))
     if len(set(layers)) != len(layers):
         errors.append(_error(loc, "layers must not repeat", "layers_repeated"))
 
@@ -129,14 +159,39 @@ def _check_templates(templates: Sequence[str], loc: Loc, limits: Limits, errors:
         errors.append(_error(loc, f"give 1 to {MAX_TEMPLATES} templates (got {len(templates)})", "templates_count"))
     for i, template in enumerate(templates):
         _check_text(template, (*loc, i), limits, errors)
-        if isinstance(template, str) and template.count("{}") != 1:
-            errors.append(_error((*loc, i), "a template must contain '{}' exactly once", "template_placeholder"))
+        if isinstance(template, str) and (problem := template_problem(template)) is not None:
+            errors.append(_error((*loc, i), problem, "template_placeholder"))
 
 
 def _check_count(count: int, loc: Loc, what: str, limits: Limits, errors: list[dict[str, Any]]) -> None:
     if count > limits.max_eval_queries:
         msg = f"{count} {what} exceed the limit of {limits.max_eval_queries}"
         errors.append(_error(loc, msg, "too_many_queries"))
+
+
+def _check_edit_cost(req: EditRequest, loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
+    """Refuse an edit whose tokens (of its longest templated prompt) x templates x layers exceed the limit.
+
+    Without ``layers`` the model's default band is counted, or one layer while the depth is unknown.
+    """
+    if limits.count_tokens is None:
+        return
+    templates = TEMPLATE_SETS[req.templates] if isinstance(req.templates, str) else req.templates
+    tokens = max(limits.count_tokens(template.format(req.prompt)) for template in templates)
+    if req.layers:
+        layers = len(req.layers)
+    elif limits.n_layers is not None:
+        layers = len(default_band(limits.model, limits.n_layers))
+    else:
+        layers = 1
+    cost = tokens * len(templates) * layers
+    if cost > limits.max_edit_cost:
+        msg = (
+            f"the edit costs {cost} token-layers ({tokens} tokens of the longest templated prompt x "
+            f"{len(templates)} templates x {layers} layers); the limit is {limits.max_edit_cost} "
+            "(CREME_MAX_EDIT_COST): shorten the prompt, or name fewer layers or templates"
+        )
+        errors.append(_error(loc, msg, "edit_too_costly"))
 
 
 def validate_edit_request(raw: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
@@ -168,6 +223,8 @@ def validate_edit_request(raw: Mapping[str, Any], limits: Limits) -> dict[str, A
     what = "evaluation queries (paraphrases + generalization + specificity)"
     _check_count(total, prefix, what, limits, errors)
     _check_layers(req.layers, (*prefix, "layers"), limits, errors)
+    if not errors:
+        _check_edit_cost(req, prefix, limits, errors)
     if errors:
         raise InvalidRequest(errors)
     return req.model_dump(mode="json")

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import Base, Edit, EditDelta, Job, Worker, utcnow
 from service.jobs import JobQueue
+from service.settings import EMBEDDED_MODEL
 
-BASE_MODEL = "test-model"
+BASE_MODEL = EMBEDDED_MODEL  # the gateway measures texts with its real tokenizer
 PROBLEM = "application/problem+json"
 DELTA_BYTES = b"fake-safetensors-bytes"
 
@@ -96,8 +97,9 @@ def add_worker(
     heartbeat: datetime | None = None,
     base_model: str = BASE_MODEL,
     status: str = "idle",
+    n_layers: int | None = None,
 ) -> None:
-    """A worker row as its heartbeat leaves it."""
+    """A worker row as its heartbeat leaves it (``n_layers``: the depth it registered)."""
     with factory() as session:
         session.add(
             Worker(
@@ -105,6 +107,7 @@ def add_worker(
                 host="gpu-1",
                 base_model=base_model,
                 model_fingerprint="f" * 64,
+                n_layers=n_layers,
                 state_version=version,
                 weights_checksum="c" * 64,
                 status=status,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -92,6 +93,28 @@ def test_apply_with_if_match_then_revert(
         events = session.query(StateEvent).order_by(StateEvent.version).all()
         assert [(e.action, e.version, e.actor) for e in events] == [("apply", 1, "api"), ("revert", 2, "api")]
     nudges.close()
+
+
+def test_an_edit_returns_its_applies_and_reverts_oldest_first(
+    client: TestClient, factory: sessionmaker[Session]
+) -> None:
+    edit_id, other = _computed(client, factory), _computed(client, factory)
+    assert client.get(f"/v1/edits/{edit_id}").json()["history"] == []
+    for path in (f"{edit_id}/apply", f"{other}/apply", f"{edit_id}/revert", f"{edit_id}/apply"):
+        changed = client.post(f"/v1/edits/{path}")
+        assert changed.status_code == 200, changed.text
+
+    history = client.get(f"/v1/edits/{edit_id}").json()["history"]
+    assert [(e["action"], e["actor"], e["state_version"]) for e in history] == [
+        ("apply", "api", 1),
+        ("revert", "api", 3),
+        ("apply", "api", 4),
+    ]
+    times = [datetime.fromisoformat(e["at"]) for e in history]
+    assert times == sorted(times) and all(t.tzinfo is not None for t in times)
+    assert changed.json()["edit"]["history"] == history  # the apply's own answer includes it
+    listed = {e["id"]: e["history"] for e in client.get("/v1/edits").json()["items"]}
+    assert listed[edit_id] == history and [e["state_version"] for e in listed[other]] == [2]
 
 
 def test_stale_if_match_is_412_with_current_version(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -13,11 +14,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
+from api.schemas import LogitLensJobOut
 from service.db import utcnow
+from service.engine.loading import LoadedModel
 from service.jobs import InProcessQueue
 from service.jobs.redis_queue import RedisQueue
 from service.settings import Settings
-from tests.api.support import EDIT_BODY, add_worker, compute_edit, set_job, snapshot
+from tests.api.support import BASE_MODEL, EDIT_BODY, add_worker, compute_edit, set_job, snapshot
+from tests.fixtures.app import api_settings
+from workers import Worker
 
 
 def _apply_one(client: TestClient, factory: sessionmaker[Session]) -> str:
@@ -32,7 +37,7 @@ def test_model_without_state_or_workers(client: TestClient, factory: sessionmake
     response = client.get("/v1/model")
     assert response.status_code == 200 and response.headers["etag"] == '"0"'
     assert response.json() == {
-        "base_model": "test-model",
+        "base_model": BASE_MODEL,
         "fingerprint": None,
         "state_version": 0,
         "active_edits": [],
@@ -66,6 +71,54 @@ def test_model_converged_only_when_every_live_worker_is_current(
     add_worker(factory, "w-3", version=1, status="stopped")
     model = client.get("/v1/model").json()
     assert {w["id"]: w["alive"] for w in model["workers"]}["w-3"] is False
+
+
+@pytest.fixture
+def embedded(factory: sessionmaker[Session], tiny_llama: LoadedModel) -> Iterator[tuple[TestClient, Worker]]:
+    """The app and an in-process worker on a tiny model, as ``creme serve`` runs them; heartbeats once an hour."""
+    settings = api_settings(
+        model=tiny_llama.name, worker_id="embedded", heartbeat_seconds=3600.0, worker_lease_seconds=600.0
+    )
+    queue = InProcessQueue()
+    worker = Worker(settings, tiny_llama, factory, queue, poll_seconds=0.1)
+    worker.start()
+    try:
+        assert worker.ready.wait(60), "the worker did not become ready"
+        app = create_app(
+            settings, session_factory=factory, queue=queue, n_layers=tiny_llama.n_layers, tokenizer=tiny_llama.tokenizer
+        )
+        with TestClient(app) as client:
+            yield client, worker
+    finally:
+        worker.stop()
+        worker.weights.set_active([])  # the session's tiny model back to pristine
+        queue.close()
+
+
+def test_an_applied_edit_is_converged_in_the_next_response(embedded: tuple[TestClient, Worker]) -> None:
+    client, worker = embedded
+    pristine = client.get("/v1/model").json()["workers"][0]["weights_checksum"]
+    body = {**EDIT_BODY, "layers": [1, 2], "method": "creme", "apply": "always"}
+    edit = client.post("/v1/edits", json=body, headers={"Prefer": "wait=120"})
+    assert edit.status_code == 200 and edit.json()["status"] == "applied", edit.text
+
+    model = client.get("/v1/model").json()  # long before the next heartbeat
+    assert model["state_version"] == 1 and model["converged"] is True
+    [row] = model["workers"]
+    assert row["state_version"] == 1 and row["weights_checksum"] == worker.weights.checksum() != pristine
+
+
+def test_logit_lens_ranks_are_integers(embedded: tuple[TestClient, Worker]) -> None:
+    client, _ = embedded
+    body = {"prompt": EDIT_BODY["prompt"], "targets": ["Tokyo", "Daisuke Sasaki"], "top_k": 2}
+    response = client.post("/v1/analyses/logit-lens", json=body, headers={"Prefer": "wait=60"})
+    assert response.status_code == 200 and response.json()["status"] == "succeeded", response.text
+    layers = response.json()["result"]["layers"]
+    ranks = [stat["rank"] for layer in layers for stat in layer["targets"]]
+    assert len(ranks) == 2 * len(layers) and all(type(rank) is int and rank >= 1 for rank in ranks)
+    assert LogitLensJobOut.model_validate_json(response.text).result is not None
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["LensTarget"]["properties"]["rank"]["type"] == "integer"
 
 
 def test_healthz(client: TestClient) -> None:
@@ -116,8 +169,8 @@ def test_metrics_expose_requests_jobs_and_queue(client: TestClient, factory: ses
         ("creme_job_duration_seconds_count", ("kind", "edit"), ("status", "succeeded")): 1.0,
         ("creme_job_duration_seconds_bucket", ("kind", "edit"), ("le", "1.0"), ("status", "succeeded")): 0.0,
         ("creme_job_duration_seconds_bucket", ("kind", "edit"), ("le", "2.5"), ("status", "succeeded")): 1.0,
-        ("creme_state_version", ("base_model", "test-model")): 0.0,
-        ("creme_live_workers", ("base_model", "test-model")): 0.0,
+        ("creme_state_version", ("base_model", BASE_MODEL)): 0.0,
+        ("creme_live_workers", ("base_model", BASE_MODEL)): 0.0,
     }
     for key, value in expected.items():
         assert samples.get(key) == value, key

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, inspect
+from sqlalchemy import Column, Integer, MetaData, insert, inspect, select
 
-from service.db import Base, make_engine
+from service.db import Base, Worker, make_engine, utcnow
 from service.db.migrate import current_revision, downgrade, head_revision, script_location, upgrade
 
 
@@ -31,7 +31,7 @@ def _diffs(url: str, metadata: MetaData) -> list[object]:
 def test_script_location_is_the_migrations_package() -> None:
     assert (script_location() / "env.py").is_file()
     assert (script_location() / "script.py.mako").is_file()
-    assert head_revision() == "0002"
+    assert head_revision() == "0003"
 
 
 def test_upgrade_from_empty_creates_all_tables(empty_url: str) -> None:
@@ -71,6 +71,29 @@ def test_comparison_detects_a_drift(db_url: str) -> None:
             copy.append_column(Column("priority", Integer, nullable=True))
     diffs = _diffs(db_url, drifted)
     assert [d[0] for d in diffs if isinstance(d, tuple)] == ["add_column"]
+
+
+def test_0003_adds_the_depth_workers_register_and_keeps_their_rows(empty_url: str) -> None:
+    upgrade(empty_url, "0002")
+    engine = make_engine(empty_url)
+    try:
+        row = {"id": "w1", "host": "h", "base_model": "m", "model_fingerprint": "f", "state_version": 0}
+        with engine.begin() as conn:
+            conn.execute(insert(Worker.__table__).values(**row, status="idle", last_heartbeat=utcnow()))
+        assert "n_layers" not in {c["name"] for c in inspect(engine).get_columns("workers")}
+
+        upgrade(empty_url, "0003")
+        [column] = [c for c in inspect(engine).get_columns("workers") if c["name"] == "n_layers"]
+        assert column["nullable"]
+        with engine.connect() as conn:  # a worker from before 0003 has not told its depth
+            assert conn.execute(select(Worker.id, Worker.n_layers)).all() == [("w1", None)]
+
+        downgrade(empty_url, "0002")
+        assert "n_layers" not in {c["name"] for c in inspect(engine).get_columns("workers")}
+        with engine.connect() as conn:
+            assert conn.execute(select(Worker.__table__.c.id)).scalars().all() == ["w1"]
+    finally:
+        engine.dispose()
 
 
 def test_downgrade_to_base_then_upgrade_again(db_url: str) -> None:

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from service.engine.lens import format_lens_table, lens_logits, logit_lens
+from service.engine.lens import format_lens_table, lens_logits, logit_lens, mean_rank
 from service.engine.loading import LoadedModel
-from service.engine.prompts import answer_probs, encode
+from service.engine.prompts import answer_probs, answer_token_ids, encode
 from tests.engine.helpers import leaves_model_unchanged
 
 FUJI = "The capital of the country where Mount Fuji is located is"
@@ -60,6 +60,21 @@ def test_fuji_lens_is_well_formed(smol: LoadedModel) -> None:
     assert payload["targets"] == ["Japan", "Tokyo"] and len(payload["layers"]) == 30
 
 
+def test_ranks_are_integers_rounded_from_the_sub_token_mean(smol: LoadedModel) -> None:
+    targets = ["Japan", "Daisuke Sasaki"]  # one token, several tokens
+    ids = [answer_token_ids(smol, t) for t in targets]
+    assert len(ids[0]) == 1 and len(ids[1]) > 1
+    result = logit_lens(smol, FUJI, targets)
+    logits, _, _ = lens_logits(smol, FUJI)
+    for entry, layer_logits in zip(result.layers, logits, strict=True):
+        for stat, token_ids in zip(entry.targets, ids, strict=True):
+            ranks = [int((layer_logits > layer_logits[i]).sum()) + 1 for i in token_ids]
+            assert type(stat.rank) is int and stat.rank == math.floor(sum(ranks) / len(ranks) + 0.5)
+    payload = json.loads(json.dumps(result.to_dict()))
+    assert all(type(s["rank"]) is int for layer in payload["layers"] for s in layer["targets"])
+    assert [mean_rank(r) for r in ([7], [1, 2], [1, 1, 2], [2, 3, 3, 3])] == [7, 2, 1, 3]
+
+
 def test_lens_without_final_norm_and_other_positions(smol: LoadedModel) -> None:
     normed, _, _ = lens_logits(smol, FUJI)
     raw, _, _ = lens_logits(smol, FUJI, apply_final_norm=False)
@@ -80,3 +95,4 @@ def test_format_lens_table(smol: LoadedModel) -> None:
     assert "p(Japan)" in lines[1] and "p(Tokyo)" in lines[1]
     assert {len(line) for line in lines[1:]} == {len(lines[1])}  # fixed width
     assert lines[-1].split()[0] == "29"
+    assert all(cell.isdigit() for line in lines[3:] for cell in line.split()[-3::2])  # the ranks are integers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 from fastapi import FastAPI
@@ -53,6 +54,38 @@ def test_once_a_key_exists_requests_without_it_are_401(
     assert_problem(client.post(f"/v1/jobs/{ids['job']}/cancel"), 401)
     assert_problem(client.post("/v1/edits", json={"not": "valid"}), 401)  # no validation details before auth
     assert snapshot(factory, queue) == before
+
+
+def _operations(app: FastAPI) -> list[tuple[str, str]]:
+    """Every ``/v1`` operation of the API as (method, path), with ``x`` for each path parameter."""
+    return [
+        (method.upper(), re.sub(r"\{[^}]+\}", "x", path))
+        for path, item in app.openapi()["paths"].items()
+        if path.startswith("/v1")
+        for method in item
+    ]
+
+
+def test_the_key_is_checked_before_the_body_is_parsed(
+    app: FastAPI, client: TestClient, factory: sessionmaker[Session], queue: InProcessQueue, make_key: MakeKey
+) -> None:
+    reader, editor = make_key("read"), make_key("edit")
+    malformed, json_type = b'{"prompt": ', {"content-type": "application/json"}
+    operations = _operations(app)
+    assert ("POST", "/v1/edits") in operations and len(operations) > 10
+    assert client.get("/v1/edits", headers=bearer(reader)).status_code == 200  # records the key's last use
+    before = snapshot(factory, queue)
+    for method, path in operations:
+        problem = assert_problem(client.request(method, path, content=malformed, headers=json_type), 401)
+        assert "errors" not in problem, (method, path)
+        if method == "POST":
+            refused = client.request(method, path, content=malformed, headers=json_type | bearer(reader))
+            assert_problem(refused, 403, "insufficient-scope")
+    head = client.head("/v1/edits")
+    assert (head.status_code, head.content) == (401, b"")
+    assert snapshot(factory, queue) == before
+    parsed = client.post("/v1/edits", content=malformed, headers=json_type | bearer(editor))
+    assert assert_problem(parsed, 422, "validation")["errors"][0]["type"] == "json_invalid"  # admitted, then parsed
 
 
 @pytest.mark.parametrize(

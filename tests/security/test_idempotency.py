@@ -1,4 +1,7 @@
-"""Idempotency-Key: job-creating POSTs and apply/revert replay their first outcome; a reused key is 422."""
+"""Idempotency-Key: job-creating POSTs and apply/revert replay their first outcome; a reused key is 422.
+
+A key belongs to the principal that sends it (an API key, or anonymous) and names one request.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import Edit, Job, ModelState, StateEvent
 from service.jobs import InProcessQueue
 from service.usecases.edits import change_state
+from service.usecases.jobs import scoped_idempotency_key
 from tests.api.support import BASE_MODEL, EDIT_BODY, assert_problem, compute_edit, snapshot
+from tests.security.support import MakeKey, bearer
 
 JOB_POSTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("/v1/edits", EDIT_BODY, {**EDIT_BODY, "answer": "Kyoto"}),
@@ -133,7 +138,7 @@ def test_a_failed_state_change_does_not_consume_its_key(client: TestClient, fact
     assert client.post(f"/v1/edits/{edit_id}/revert", headers=headers).status_code == 200
     with factory() as session:
         keys = session.scalars(select(StateEvent.idempotency_key).order_by(StateEvent.version)).all()
-    assert keys == [None, "retry-me"]
+    assert keys == [None, scoped_idempotency_key("anonymous", "retry-me")]
 
 
 def test_concurrent_twins_apply_once_and_both_get_the_outcome(
@@ -154,3 +159,58 @@ def test_concurrent_twins_apply_once_and_both_get_the_outcome(
         outcomes = [f.result() for f in [pool.submit(apply) for _ in range(4)]]
     assert outcomes == [("applied", 1, [edit_id])] * 4
     assert _version(factory) == 1 and _count(factory, StateEvent) == 1
+
+
+def test_a_key_that_created_an_edit_does_not_apply_it(
+    client: TestClient, factory: sessionmaker[Session], queue: InProcessQueue
+) -> None:
+    headers = {"Idempotency-Key": "one-request"}
+    edit_id = client.post("/v1/edits", json=EDIT_BODY, headers=headers).json()["id"]
+    compute_edit(factory, edit_id)
+    before = snapshot(factory, queue)
+    for action in ("apply", "revert"):
+        problem = assert_problem(client.post(f"/v1/edits/{edit_id}/{action}", headers=headers), 422)
+        assert problem["type"].endswith("/idempotency-key-reused") and "edit job" in problem["detail"]
+    assert snapshot(factory, queue) == before  # nothing applied: no state event, no version
+    assert client.post(f"/v1/edits/{edit_id}/apply").status_code == 200  # without the key it applies
+
+
+@pytest.mark.parametrize(("path", "body", "other"), JOB_POSTS, ids=[p for p, _, _ in JOB_POSTS])
+def test_a_key_that_applied_an_edit_creates_no_job(
+    client: TestClient,
+    factory: sessionmaker[Session],
+    queue: InProcessQueue,
+    path: str,
+    body: dict[str, Any],
+    other: dict[str, Any],
+) -> None:
+    edit_id = _computed(client, factory)
+    headers = {"Idempotency-Key": "one-request"}
+    assert client.post(f"/v1/edits/{edit_id}/apply", headers=headers).status_code == 200
+    before = snapshot(factory, queue)
+    problem = assert_problem(client.post(path, json=body, headers=headers), 422, "idempotency-key-reused")
+    assert f"apply of edit {edit_id}" in problem["detail"]
+    assert snapshot(factory, queue) == before
+
+
+def test_keys_are_scoped_to_the_api_key_that_sends_them(
+    client: TestClient, factory: sessionmaker[Session], make_key: MakeKey
+) -> None:
+    alice, bob = make_key("edit", name="alice"), make_key("edit", name="bob")
+    same = {"Idempotency-Key": "same"}
+    first = client.post("/v1/edits", json=EDIT_BODY, headers=same | bearer(alice))
+    other = client.post("/v1/edits", json={**EDIT_BODY, "answer": "Kyoto"}, headers=same | bearer(bob))
+    assert first.status_code == other.status_code == 202, other.text  # bob's key is his own: no 422
+    twin = client.post("/v1/edits", json=EDIT_BODY, headers=same | bearer(bob))
+    assert_problem(twin, 422, "idempotency-key-reused")  # bob used it for another body, not alice's replay
+    again = client.post("/v1/edits", json=EDIT_BODY, headers=same | bearer(alice))
+    assert again.json()["id"] == first.json()["id"] != other.json()["id"]
+    assert _count(factory, Edit) == 2
+
+    for token, response in ((alice, first), (bob, other)):
+        compute_edit(factory, response.json()["id"])
+        applied = client.post(
+            f"/v1/edits/{response.json()['id']}/apply", headers={"Idempotency-Key": "apply"} | bearer(token)
+        )
+        assert applied.status_code == 200, applied.text
+    assert _version(factory) == 2 and _count(factory, StateEvent) == 2

@@ -11,7 +11,10 @@ import pytest
 from sqlalchemy import update
 
 from service.db import Edit, Job, utcnow
+from service.jobs import InProcessQueue
 from service.jobs.claims import (
+    CANCELLED,
+    cancelled_problem,
     claim,
     extend_lease,
     finish,
@@ -21,9 +24,12 @@ from service.jobs.claims import (
     sweep,
 )
 from service.jobs.redis_queue import RedisQueue
+from service.usecases.errors import PROBLEM_BASE
+from service.usecases.jobs import cancel_job
 from tests.workers.support import Factory, add_edit, add_job, get
 
 LEASE = 30.0
+CANCELLED_TYPE = PROBLEM_BASE + CANCELLED
 MODEL = SimpleNamespace(name="test-model", fingerprint="f" * 32)  # all add_edit needs of a model
 
 
@@ -86,8 +92,9 @@ def test_claim_cancels_a_queued_job_with_cancel_requested(factory: Factory) -> N
         assert claim(session, job_id, "a", LEASE) is None
     job = get(factory, Job, job_id)
     assert job.status == "cancelled" and job.attempts == 0 and job.finished_at is not None
+    assert job.error["type"] == CANCELLED_TYPE and job.progress["message"] == "cancelled"
     edit = get(factory, Edit, edit_id)
-    assert edit.status == "failed" and edit.error["title"] == "edit cancelled"
+    assert edit.status == "failed" and edit.error == job.error
 
 
 def test_progress_lease_and_finish_need_the_claim(factory: Factory) -> None:
@@ -109,8 +116,62 @@ def test_progress_lease_and_finish_need_the_claim(factory: Factory) -> None:
         assert not report_progress(session, job_id, "a", 3, 3, "too late")
     job = get(factory, Job, job_id)
     assert job.lease_expires_at is None and job.status == "failed" and job.error == {"title": "boom"}
-    assert job.progress == {"step": 1, "total": 3, "message": "step one"}
+    assert job.progress == {"step": 1, "total": 3, "message": "failed: boom"}
     assert first_lease is not None
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "message"),
+    [
+        ("succeeded", None, "done"),
+        (
+            "failed",
+            {"title": "job failed", "detail": "RuntimeError: out of memory"},
+            "failed: RuntimeError: out of memory",
+        ),
+        ("failed", {"title": "job failed", "detail": "x" * 500}, "failed: " + "x" * 199 + "…"),
+        ("cancelled", None, "cancelled"),
+    ],
+)
+def test_a_finished_job_s_progress_says_how_it_ended(
+    factory: Factory, status: str, error: dict[str, str] | None, message: str
+) -> None:
+    job_id = add_job(factory, "generate", {"prompt": "Hi"})
+    with factory() as session:
+        assert claim(session, job_id, "a", LEASE) is not None
+        assert report_progress(session, job_id, "a", 2, 4, "decoding")
+        assert finish(session, job_id, "a", status=status, error=error)
+    assert get(factory, Job, job_id).progress == {"step": 2, "total": 4, "message": message}
+
+
+def test_every_way_of_cancelling_an_edit_records_the_one_cancelled_problem(factory: Factory) -> None:
+    """Cancelled by the API while queued, at claim, by its worker, or by the sweep (queued or running)."""
+    queue = InProcessQueue()
+    jobs = {}
+    for way in ("api", "claim", "worker", "sweep-queued", "sweep-running"):
+        edit_id = add_edit(factory, MODEL)  # type: ignore[arg-type]
+        jobs[way] = (add_job(factory, "edit", {"edit_id": edit_id}, age=60), edit_id)
+        with factory() as session:  # the edit names its job, as submit_edit leaves it
+            session.execute(update(Edit).where(Edit.id == edit_id).values(job_id=jobs[way][0]))
+            session.commit()
+    with factory() as session:
+        assert cancel_job(session, jobs["api"][0]).status == "cancelled"
+        for way in ("worker", "sweep-running"):
+            assert claim(session, jobs[way][0], "a", LEASE) is not None
+        assert finish(session, jobs["worker"][0], "a", status="cancelled", error=cancelled_problem("on request"))
+    for way in ("claim", "sweep-queued", "sweep-running"):
+        with factory() as session:
+            session.execute(update(Job).where(Job.id == jobs[way][0]).values(cancel_requested=True))
+            session.commit()
+    _expire(factory, jobs["sweep-running"][0])
+    with factory() as session:
+        assert claim(session, jobs["claim"][0], "a", LEASE) is None
+        assert sorted(sweep(session, queue).cancelled) == sorted(jobs[w][0] for w in ("sweep-queued", "sweep-running"))
+    for way, (job_id, edit_id) in jobs.items():
+        job, edit = get(factory, Job, job_id), get(factory, Edit, edit_id)
+        outcome = (job.status, job.progress["message"], job.error["type"], edit.status, edit.error["type"])
+        assert outcome == ("cancelled", "cancelled", CANCELLED_TYPE, "failed", CANCELLED_TYPE), way
+    queue.close()
 
 
 def test_release_gives_the_job_back_uncounted(factory: Factory) -> None:
@@ -188,6 +249,7 @@ def test_sweep_fails_jobs_past_max_attempts(factory: Factory, make_redis_queue: 
     assert job.error["title"] == "job abandoned"
     assert job.error["detail"] == "worker dead stopped heartbeating after 2 attempts"
     assert job.error["type"].endswith("job-abandoned") and job.error["status"] == 500
+    assert job.progress["message"] == "failed: worker dead stopped heartbeating after 2 attempts"
     edit = get(factory, Edit, edit_id)
     assert edit.status == "failed" and edit.error["title"] == "job abandoned"
 

@@ -165,13 +165,13 @@ def test_an_unreachable_database_keeps_the_last_good_state(pair: Pair) -> None:
 
 
 def test_record_worker_upserts_the_heartbeat(factory: Factory) -> None:
-    fields = {"host": "h", "base_model": "m", "model_fingerprint": "f", "weights_checksum": "c"}
+    fields = {"host": "h", "base_model": "m", "model_fingerprint": "f", "n_layers": 30, "weights_checksum": "c"}
     with factory() as session:
         record_worker(session, "w1", state_version=1, status="idle", **fields)
         first = session.get(Worker, "w1").last_heartbeat
         record_worker(session, "w1", state_version=2, status="busy", **fields)
     row = get(factory, Worker, "w1")
-    assert (row.state_version, row.status, row.weights_checksum) == (2, "busy", "c")
+    assert (row.state_version, row.status, row.weights_checksum, row.n_layers) == (2, "busy", "c", 30)
     assert row.last_heartbeat >= first
 
 

@@ -19,7 +19,9 @@ from service.jobs import InProcessQueue
 from service.jobs.claims import claim
 from service.jobs.queue import Delivery, QueueUnavailable
 from service.jobs.redis_queue import RedisQueue
+from service.problems import CANCELLED
 from service.settings import Settings
+from service.usecases.errors import PROBLEM_BASE
 from tests.workers.support import Factory, Pair, add_edit, add_job, finished_job, get, wait_for
 from workers import Worker as WorkerProcess
 
@@ -114,9 +116,10 @@ def test_cancelling_a_running_edit(factory: Factory, pair: Pair) -> None:
     assert job is not None
     worker._run(job)
     job = get(factory, Job, job_id)
-    assert job.status == "cancelled" and job.error["title"] == "job cancelled"
+    assert job.status == "cancelled" and job.error["type"] == PROBLEM_BASE + CANCELLED
+    assert job.progress["message"] == "cancelled"
     edit = get(factory, Edit, edit_id)
-    assert edit.status == "failed" and edit.error["title"] == "job cancelled"
+    assert edit.status == "failed" and edit.error == job.error
     with factory() as session:
         assert get_state(session, pair[0].name).version == 0
     queue.close()

@@ -76,7 +76,7 @@ def test_edit_job_patches_the_query_and_revert_restores_the_model(embedded: Embe
     assert job.status == "succeeded", job.error
     assert job.result["applied"] is True and job.result["status"] == "applied"
     assert job.result["computed_on_version"] == 0 and job.result["state_version"] == 1
-    assert job.progress["step"] == job.progress["total"] == 5  # 3 layers, evaluate, apply
+    assert job.progress == {"step": 5, "total": 5, "message": "done"}  # 3 layers, evaluate, apply
     edit = get(factory, Edit, edit_id)
     assert edit.status == "applied" and edit.error is None
     assert edit.layers == [12, 13, 14] and edit.computed_on_version == 0
@@ -146,6 +146,7 @@ def test_a_cancelled_queued_job_never_runs(embedded: Embedded) -> None:
 def test_bad_jobs_fail_with_a_problem(embedded: Embedded) -> None:
     job = _run(embedded, "generate", {"prompt": ""})
     assert job.status == "failed" and job.error["status"] == 422 and job.error["type"].endswith("invalid-payload")
+    assert job.progress["message"].startswith("failed: ") and "prompt" in job.progress["message"]
     job = _run(embedded, "edit", {"edit_id": "no-such-edit"})
     assert job.status == "failed" and job.error["status"] == 404
     job = _run(embedded, "bogus", {})
