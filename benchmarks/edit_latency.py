@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from service.cases import load_cases
-from service.cli import load_from_settings, parse_layers
+from cli.main import load_from_settings, parse_layers
+from service.engine.cases import load_cases
 from service.engine.context import EditContext
 from service.engine.creme import CompositionalQuery, compute_edit, default_layers
 from service.engine.methods import compute_with, method_spec

@@ -23,9 +23,9 @@ import os
 import time
 from pathlib import Path
 
-from service.cases import TwoHopCase, load_cases
-from service.cli import load_from_settings
+from cli.main import load_from_settings
 from service.dataset_eval import evaluate_dataset
+from service.engine.cases import TwoHopCase, load_cases
 from service.engine.compositionality import GapReport, check_cases
 from service.engine.judging import DEFAULT_RULE, JUDGE_RULES
 from service.engine.loading import LoadedModel

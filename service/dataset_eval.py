@@ -15,7 +15,7 @@ from pathlib import Path
 from statistics import fmean, median
 from typing import Literal
 
-from service.cases import TwoHopCase
+from service.engine.cases import TwoHopCase
 from service.engine.compositionality import GapReport, check_cases
 from service.engine.context import EditContext
 from service.engine.creme import CompositionalQuery, default_layers

@@ -9,9 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.engine.inputs import EMBEDDED_MODEL
 from service.logs import LogFormat
-
-EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 
 class Settings(BaseSettings):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import parse_layers
+from cli.main import parse_layers
 from tests.e2e.support import REPO, creme_env
 
 SAMPLE = REPO / "tests" / "data" / "mquake_sample.jsonl"
@@ -26,7 +26,7 @@ def test_parse_layers() -> None:
 
 def _creme(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=creme_env(),
         cwd=REPO,
         capture_output=True,

@@ -18,8 +18,9 @@ from service.engine.loading import LoadedModel
 from service.jobs import InProcessQueue
 from service.logs import JsonFormatter
 from service.settings import Settings
-from tests.e2e.support import creme_env, creme_process, free_port, wait_for
+from tests.e2e.support import creme_env, creme_process, free_port
 from tests.fixtures.app import api_settings
+from tests.support import wait_for
 from tests.workers.support import add_job, finished_job
 from workers import Worker
 

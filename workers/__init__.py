@@ -1,4 +1,5 @@
-"""Worker process: load the model, reconcile, consume jobs, heartbeat, report progress."""
+"""The worker side: the worker loop (``worker``), job claims and the sweep (``claims``), the job runner
+(``runner``, ``edit_job``, ``context``), reconciliation (``reconcile``) and the heartbeat (``heartbeat``)."""
 
 from workers.worker import Worker, main
 

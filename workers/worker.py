@@ -28,25 +28,19 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import Job, utcnow
+from service.db.models import Job
 from service.engine.creme import EditCancelled
 from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
-from service.jobs.claims import (
-    ClaimLost,
-    claim,
-    extend_lease,
-    finish,
-    is_cancel_requested,
-    release,
-    sweep,
-)
 from service.jobs.queue import Delivery, JobQueue, NudgeSubscription, QueueUnavailable
-from service.jobs.runner import DATABASE_UNAVAILABLE, JobContext, log_job_end, problem_for, run_job
 from service.logs import configure_logging
 from service.problems import cancelled_problem
-from service.reconcile import Reconciler, record_worker
 from service.settings import Settings
+from workers.claims import ClaimLost, claim, finish, is_cancel_requested, release, sweep
+from workers.context import DATABASE_UNAVAILABLE, JobContext, problem_for
+from workers.heartbeat import Heartbeat
+from workers.reconcile import Reconciler
+from workers.runner import log_job_end, run_job
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +83,13 @@ class Worker:
         self.consumer = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         self.weights = weights or WeightState(lm)
         self.reconciler = Reconciler(lm, self.weights, session_factory, worker_id=self.worker_id, on_change=self._beat)
+        self.heartbeat = Heartbeat(
+            session_factory,
+            self.reconciler,
+            worker_id=self.worker_id,
+            host=self.host,
+            lease_seconds=settings.worker_lease_seconds,
+        )
         self.model_lock = threading.RLock()
         self.poll_seconds = poll_seconds
         self.sweep_seconds = sweep_seconds or max(1.0, min(settings.worker_lease_seconds / 2, 15.0))
@@ -108,7 +109,6 @@ class Worker:
         self._current: str | None = None
         self._reclaimed: deque[Delivery] = deque()  # deliveries to handle before receiving new ones
         self._unacked: deque[Delivery] = deque()  # acks that failed, retried each loop
-        self._started_at = utcnow()
         self._beat_lock = threading.Lock()  # one heartbeat at a time, so an older state never lands last
         self._last_reconcile = 0.0
         self._next_sweep = 0.0
@@ -192,33 +192,11 @@ class Worker:
     def _beat(self, status: str | None = None) -> None:
         """Heartbeat: the workers row, and the lease of the running job. Never raises."""
         with self._beat_lock:
-            self._beat_locked(status)
-
-    def _beat_locked(self, status: str | None) -> None:
-        job_id = self._current
-        status = status or self.status
-        try:
-            with self.session_factory() as session:
-                record_worker(
-                    session,
-                    self.worker_id,
-                    host=self.host,
-                    base_model=self.lm.name,
-                    model_fingerprint=self.lm.fingerprint,
-                    n_layers=self.lm.n_layers,
-                    state_version=self.reconciler.version,
-                    weights_checksum=self.reconciler.checksum,
-                    status=status,
-                    started_at=self._started_at if status == "starting" else None,
-                )
-            if job_id is not None:
-                with self.session_factory() as session:
-                    held = extend_lease(session, job_id, self.worker_id, self.settings.worker_lease_seconds)
-                if not held and self._current == job_id:
-                    log.warning("worker %s lost its claim on job %s", self.worker_id, job_id)
-                    self._claim_lost.set()
-        except Exception as exc:
-            log.warning("heartbeat of worker %s failed: %s", self.worker_id, exc)
+            job_id = self._current
+            held = self.heartbeat.beat(status or self.status, job_id)
+            if not held and self._current == job_id:
+                log.warning("worker %s lost its claim on job %s", self.worker_id, job_id)
+                self._claim_lost.set()
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_seconds):

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.auth import AuthorizedRoute
-from api.deps import IdempotencyDep, SessionDep
+from api.deps import IdempotencyDep, SessionDep, SettingsDep
+from api.plots import PLOT_RESPONSES, FormatPath, image, not_finished, not_plottable
 from api.routers import jobrun
 from api.schemas import AnalysisAccepted, JobOut, LogitLensJobOut, job_out, problems
+from service.engine.inputs import default_band
 from service.jobs.payloads import CompositionalityPayload, InterventionPayload, LocatePayload, LogitLensPayload
+from service.plots import plot_analysis
 from service.usecases.jobs import ANALYSIS_KINDS, get_job, is_terminal
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"], route_class=AuthorizedRoute)
@@ -75,3 +78,29 @@ async def compositionality(body: CompositionalityPayload, submit: SubmitDep) -> 
 def read_analysis(job_id: str, session: SessionDep) -> JobOut:
     """An analysis job: status, progress, and its result or error."""
     return job_out(get_job(session, job_id, kinds=ANALYSIS_KINDS))
+
+
+@router.get("/{job_id}/plot.{fmt}", response_class=Response, responses=PLOT_RESPONSES)
+def plot_analysis_route(job_id: str, fmt: FormatPath, session: SessionDep, settings: SettingsDep) -> Response:
+    """A finished analysis as a PNG or SVG figure.
+
+    Logit lens: p and rank of each target per layer, each layer's top-1 token beside it. Locating:
+    Δp(answer) per layer, site and position, with the default edit band outlined. Intervention:
+    p(answer) per edited layer against its control. Compositionality: each hop's accuracy and the gap.
+    """
+    job = get_job(session, job_id, kinds=ANALYSIS_KINDS)
+    if not is_terminal(job):
+        raise not_finished(f"analysis {job.id}", job.status, field="job_status")
+    result = job.result
+    if job.status != "succeeded" or not isinstance(result, dict):
+        raise not_plottable(f"analysis {job.id} {job.status}: it has no result to plot", job.status, field="job_status")
+    band = _default_band(settings.model, result) if job.kind == "locate" else None
+    return image(lambda: plot_analysis(job.kind, result, fmt, edit_band=band), fmt, job.status, field="job_status")
+
+
+def _default_band(model: str, result: dict[str, Any]) -> list[int] | None:
+    """The default edit band of ``model``, whose every layer a locating result covers; None if it names none."""
+    layers = result.get("layers")
+    if not isinstance(layers, list) or not layers or not all(type(layer) is int for layer in layers):
+        return None
+    return default_band(model, max(layers) + 1)

@@ -14,6 +14,7 @@ from api.auth import AuthorizedRoute
 from api.deps import ActorDep, FactoryDep, IdempotencyDep, LimitsDep, QueueDep, SessionDep, SettingsDep
 from api.errors import ProblemError
 from api.http import in_session, parse_if_match, parse_prefer_wait, version_etag, wait_for_job
+from api.plots import PLOT_RESPONSES, FormatPath, image, not_finished, not_plottable
 from api.schemas import (
     EditAccepted,
     EditCreate,
@@ -28,6 +29,7 @@ from api.schemas import (
     problems,
 )
 from service.db.models import Edit
+from service.plots import plot_edit
 from service.usecases.edits import change_state, edit_histories, get_delta, get_edit, list_edits, submit_edit
 from service.usecases.jobs import is_terminal
 
@@ -170,3 +172,21 @@ def download_delta(
         media_type="application/octet-stream",
         headers={"ETag": etag, "Content-Disposition": f'attachment; filename="edit-{edit_id}.safetensors"'},
     )
+
+
+@router.get("/{edit_id}/plot.{fmt}", response_class=Response, responses=PLOT_RESPONSES)
+def plot_edit_route(edit_id: str, fmt: FormatPath, session: SessionDep) -> Response:
+    """The edit's evaluation as a PNG or SVG figure.
+
+    Greedy accuracy, win rate and mean p(answer) before and after the edit for each query set
+    (correction, paraphrase, generalization, specificity), and ‖ΔW‖ per edited layer.
+    """
+    edit = get_edit(session, edit_id)
+    if edit.status in ("pending", "computing"):
+        raise not_finished(f"edit {edit.id}", edit.status, field="edit_status")
+    metrics = edit.metrics
+    if not isinstance(metrics, dict):
+        detail = f"edit {edit.id} is {edit.status} and has no metrics to plot"
+        raise not_plottable(detail, edit.status, field="edit_status")
+    title = f"Edit {edit.id}: {edit.prompt!r} → {edit.answer!r}"
+    return image(lambda: plot_edit(metrics, fmt, title=title), fmt, edit.status, field="edit_status")

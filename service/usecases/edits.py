@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.models import EDIT_STATUSES, Edit, EditDelta, Job, ModelState, StateEvent, new_uuid
+from service.db.models import EDIT_STATUSES, Edit, Job, ModelState, StateEvent, StoredDelta, new_uuid
 from service.db.state import NotFound, StateConflict, VersionMismatch, apply_edit, revert_edit
 from service.jobs.payloads import EditPayload
 from service.jobs.queue import JobQueue, QueueUnavailable
@@ -226,10 +226,10 @@ def state_at(session: Session, base_model: str, version: int) -> ModelState:
     return ModelState(base_model=base_model, version=version, active_edit_ids=active)
 
 
-def get_delta(session: Session, edit_id: str) -> EditDelta:
+def get_delta(session: Session, edit_id: str) -> StoredDelta:
     """The stored delta of an edit; :class:`NotFoundError` if the edit or its delta does not exist."""
     edit = get_edit(session, edit_id)
-    delta = session.get(EditDelta, edit_id)
+    delta = session.get(StoredDelta, edit_id)
     if delta is None:
         raise NotFoundError(f"edit {edit_id} has no delta (status {edit.status})")
     return delta

@@ -8,16 +8,14 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import Base, Edit, EditDelta, Job, Worker, utcnow
+from service.db import Base, Edit, Job, StoredDelta, Worker, utcnow
+from service.engine.inputs import EMBEDDED_MODEL
 from service.jobs import JobQueue
-from service.settings import EMBEDDED_MODEL
 
 BASE_MODEL = EMBEDDED_MODEL  # the gateway measures texts with its real tokenizer
-PROBLEM = "application/problem+json"
 DELTA_BYTES = b"fake-safetensors-bytes"
 
 EDIT_BODY: dict[str, Any] = {
@@ -38,19 +36,6 @@ def snapshot(factory: sessionmaker[Session], queue: JobQueue) -> Snapshot:
             rows = session.execute(select(table)).all()
             tables[table.name] = sorted((tuple(r) for r in rows), key=repr)
     return tables, queue.depth()
-
-
-def assert_problem(response: httpx.Response, status: int, type_suffix: str | None = None) -> dict[str, Any]:
-    """The response is a problem+json with ``status``; returns its body."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["type"].startswith("https://creme.dev/problems/")
-    assert body["title"] and "detail" in body and "instance" in body
-    if type_suffix is not None:
-        assert body["type"] == f"https://creme.dev/problems/{type_suffix}"
-    return body
 
 
 def set_job(factory: sessionmaker[Session], job_id: str, status: str, **values: Any) -> None:
@@ -79,7 +64,7 @@ def compute_edit(
         edit.base_fingerprint = "f" * 64
         edit.metrics = metrics if metrics is not None else {"delta_norms": {"4": 0.5, "5": 0.25}}
         session.add(
-            EditDelta(
+            StoredDelta(
                 edit_id=edit_id,
                 data=DELTA_BYTES,
                 sha256=hashlib.sha256(DELTA_BYTES).hexdigest(),

@@ -11,9 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import EditDelta, StateEvent
+from service.db import StateEvent, StoredDelta
 from service.jobs import InProcessQueue
-from tests.api.support import DELTA_BYTES, EDIT_BODY, assert_problem, compute_edit, snapshot
+from tests.api.support import DELTA_BYTES, EDIT_BODY, compute_edit, snapshot
+from tests.support import assert_problem
 
 
 def _submit(client: TestClient, n: int = 1) -> list[str]:
@@ -173,7 +174,7 @@ def test_delta_download(client: TestClient, factory: sessionmaker[Session]) -> N
 def test_tampered_delta_is_not_served(client: TestClient, factory: sessionmaker[Session]) -> None:
     edit_id = _computed(client, factory)
     with factory() as session:
-        session.execute(update(EditDelta).where(EditDelta.edit_id == edit_id).values(data=b"tampered"))
+        session.execute(update(StoredDelta).where(StoredDelta.edit_id == edit_id).values(data=b"tampered"))
         session.commit()
     response = client.get(f"/v1/edits/{edit_id}/delta")
     assert_problem(response, 500, "delta-corrupt")

@@ -13,7 +13,8 @@ from api import create_app
 from service.db import Edit, Job, make_engine, make_session_factory
 from service.jobs import InProcessQueue
 from service.settings import Settings
-from tests.api.support import BASE_MODEL, EDIT_BODY, FakeWorker, assert_problem, compute_edit, set_job, snapshot
+from tests.api.support import BASE_MODEL, EDIT_BODY, FakeWorker, compute_edit, set_job, snapshot
+from tests.support import assert_problem
 
 
 def test_submit_edit_creates_pending_edit_and_queued_job(

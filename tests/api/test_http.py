@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.types import Message
 
-from tests.api.support import PROBLEM
+from tests.support import PROBLEM
 
 GETS = ["/v1/edits", "/v1/jobs", "/v1/model", "/v1/edits/unknown", "/healthz", "/openapi.json", "/docs", "/metrics"]
 

@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import Edit, Job
 from service.jobs import InProcessQueue
-from tests.api.support import EDIT_BODY, FakeWorker, assert_problem, set_job, snapshot
+from tests.api.support import EDIT_BODY, FakeWorker, set_job, snapshot
+from tests.support import assert_problem
 
 LOCATE = {**EDIT_BODY}
 ANALYSES: dict[str, dict[str, Any]] = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -16,12 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import create_app
 from api.schemas import LogitLensJobOut
 from service.db import utcnow
-from service.engine.loading import LoadedModel
 from service.jobs import InProcessQueue
 from service.jobs.redis_queue import RedisQueue
 from service.settings import Settings
 from tests.api.support import BASE_MODEL, EDIT_BODY, add_worker, compute_edit, set_job, snapshot
-from tests.fixtures.app import api_settings
 from workers import Worker
 
 
@@ -71,28 +68,6 @@ def test_model_converged_only_when_every_live_worker_is_current(
     add_worker(factory, "w-3", version=1, status="stopped")
     model = client.get("/v1/model").json()
     assert {w["id"]: w["alive"] for w in model["workers"]}["w-3"] is False
-
-
-@pytest.fixture
-def embedded(factory: sessionmaker[Session], tiny_llama: LoadedModel) -> Iterator[tuple[TestClient, Worker]]:
-    """The app and an in-process worker on a tiny model, as ``creme serve`` runs them; heartbeats once an hour."""
-    settings = api_settings(
-        model=tiny_llama.name, worker_id="embedded", heartbeat_seconds=3600.0, worker_lease_seconds=600.0
-    )
-    queue = InProcessQueue()
-    worker = Worker(settings, tiny_llama, factory, queue, poll_seconds=0.1)
-    worker.start()
-    try:
-        assert worker.ready.wait(60), "the worker did not become ready"
-        app = create_app(
-            settings, session_factory=factory, queue=queue, n_layers=tiny_llama.n_layers, tokenizer=tiny_llama.tokenizer
-        )
-        with TestClient(app) as client:
-            yield client, worker
-    finally:
-        worker.stop()
-        worker.weights.set_active([])  # the session's tiny model back to pristine
-        queue.close()
 
 
 def test_an_applied_edit_is_converged_in_the_next_response(embedded: tuple[TestClient, Worker]) -> None:

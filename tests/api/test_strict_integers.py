@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.routers import analyses, edits, health, jobs, model, query
 from service.jobs import InProcessQueue
-from tests.api.support import EDIT_BODY, assert_problem, snapshot
+from tests.api.support import EDIT_BODY, snapshot
+from tests.support import assert_problem
 
 LENS = {"prompt": EDIT_BODY["prompt"]}
 LOCATE = {k: EDIT_BODY[k] for k in ("prompt", "hop1_phrase", "bridge", "answer")}

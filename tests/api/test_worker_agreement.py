@@ -16,15 +16,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import create_app
 from service.db import utcnow
 from service.engine.creme import CompositionalQuery
-from service.engine.inputs import check_layers
+from service.engine.inputs import EMBEDDED_MODEL, check_layers
 from service.engine.loading import load_tokenizer
 from service.jobs import InProcessQueue
-from service.settings import EMBEDDED_MODEL, Settings
+from service.settings import Settings
 from service.usecases.pagination import encode_cursor
 from service.usecases.validation import contains_nul
-from tests.api.support import EDIT_BODY, add_worker, assert_problem, snapshot
+from tests.api.support import EDIT_BODY, add_worker, snapshot
 from tests.fixtures.app import build_app
 from tests.fixtures.models import cache_dir
+from tests.support import assert_problem
 
 SAMPLE_CASES = Path(__file__).parents[1] / "data" / "mquake_sample.jsonl"
 HORMUZ = {

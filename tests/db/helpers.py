@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from service.db import Edit, EditDelta
+from service.db import Edit, StoredDelta
 
 BASE_MODEL = "test-model"
 
@@ -25,7 +25,7 @@ def add_edit(
         base_fingerprint="f" * 64,
     )
     if with_delta:
-        edit.delta = EditDelta(data=b"\x00" * 16, sha256="0" * 64, shapes={"4.u": [576]})
+        edit.delta = StoredDelta(data=b"\x00" * 16, sha256="0" * 64, shapes={"4.u": [576]})
     session.add(edit)
     session.commit()
     return edit.id

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import ApiKey, Edit, EditDelta, Job, Worker, make_engine, session_scope, utcnow
+from service.db import ApiKey, Edit, Job, StoredDelta, Worker, make_engine, session_scope, utcnow
 from tests.db.helpers import add_edit
 
 
@@ -125,7 +125,7 @@ def test_worker_round_trip(session: Session) -> None:
 def test_delta_bytes_and_cascade(session: Session, engine: Engine) -> None:
     edit_id = add_edit(session)
     session.expire_all()
-    delta = session.get(EditDelta, edit_id)
+    delta = session.get(StoredDelta, edit_id)
     assert delta is not None and delta.data == b"\x00" * 16 and delta.shapes == {"4.u": [576]}
     # Deleting the edit row in SQL removes its delta (ON DELETE CASCADE, foreign keys on in SQLite).
     session.close()

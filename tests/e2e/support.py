@@ -6,16 +6,15 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from service.cases import TwoHopCase
+from service.engine.cases import TwoHopCase
 from service.engine.judging import is_correct
+from tests.support import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 240.0
@@ -44,7 +43,7 @@ def creme_env(**overrides: str) -> dict[str, str]:
 
 def run_creme(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "cli", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
     )
 
 
@@ -53,7 +52,7 @@ def creme_process(args: list[str], env: dict[str, str], log: Path) -> Iterator[s
     """A `creme ...` child process, logging to ``log``; terminated (then killed) on exit."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "cli", *args], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
         )
         try:
             yield proc
@@ -75,22 +74,6 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
 def processes(*specs: tuple[list[str], dict[str, str], Path]) -> Iterator[list[subprocess.Popen[bytes]]]:
     with ExitStack() as stack:
         yield [stack.enter_context(creme_process(*spec)) for spec in specs]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT_SECONDS, logs: list[Path] = ()) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the processes' logs otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except httpx.TransportError as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{tails}")
 
 
 def score(client: httpx.Client, prompt: str, answer: str) -> float:

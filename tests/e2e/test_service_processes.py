@@ -8,17 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.support import (
-    creme_env,
-    creme_process,
-    exercise_patch_flow,
-    free_port,
-    processes,
-    run_creme,
-    wait_for,
-)
+from tests.e2e.support import creme_env, creme_process, exercise_patch_flow, free_port, processes, run_creme
 from tests.engine.helpers import failing_case
 from tests.fixtures.db import reset_postgres
+from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 

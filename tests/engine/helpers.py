@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from service.cases import TwoHopCase, load_cases
+from service.engine.cases import TwoHopCase, load_cases
 from service.engine.loading import LoadedModel
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mquake_sample.jsonl"

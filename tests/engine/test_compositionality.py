@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cases import CaseFormatError, load_cases
+from service.engine.cases import CaseFormatError, load_cases
 from service.engine.compositionality import check_cases
 from service.engine.loading import LoadedModel
 from tests.engine.helpers import FAILING_IDS, sample_cases

@@ -6,11 +6,17 @@ import pytest
 
 from service.engine.creme import CompositionalQuery, compute_edit
 from service.engine.hooks import select_layers
-from service.engine.inputs import check_layers, default_band, find_phrase, layer_problem, template_problem
+from service.engine.inputs import (
+    EMBEDDED_MODEL,
+    check_layers,
+    default_band,
+    find_phrase,
+    layer_problem,
+    template_problem,
+)
 from service.engine.loading import LoadedModel
 from service.engine.locate import subject_positions
 from service.engine.prompts import encode
-from service.settings import EMBEDDED_MODEL
 
 STRAIT = "The capital of the country north of the Straße of Hormuz is"
 

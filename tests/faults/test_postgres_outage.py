@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import text
 
 from tests.faults.conftest import RedisServer, Stoppable
-from tests.faults.support import EDIT_BODY, LEASE_SECONDS, assert_problem, cluster
+from tests.faults.support import EDIT_BODY, LEASE_SECONDS, cluster
+from tests.support import assert_problem
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

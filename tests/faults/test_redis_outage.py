@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import RedisServer
-from tests.faults.support import Cluster, assert_problem, cluster
+from tests.faults.support import Cluster, cluster
+from tests.support import assert_problem
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

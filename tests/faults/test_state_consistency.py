@@ -20,7 +20,8 @@ from sqlalchemy import select
 
 from service.db import Edit, ModelState, StateEvent
 from tests.faults.conftest import RedisServer
-from tests.faults.support import Cluster, assert_problem, clone_edit, cluster, corrupt_delta
+from tests.faults.support import Cluster, clone_edit, cluster, corrupt_delta
+from tests.support import assert_problem
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from hypothesis import strategies as st
 from schemathesis import BaseSchema
 from schemathesis.config import SchemathesisConfig
+from schemathesis.hooks import HookContext
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, make_session_factory
@@ -23,7 +24,7 @@ from service.engine.delta import EditDelta
 from service.engine.loading import LoadedModel
 from service.jobs import InProcessQueue
 from service.settings import Settings
-from tests.api.support import EDIT_BODY, add_worker
+from tests.api.support import EDIT_BODY, add_worker, set_job
 from tests.api.support import compute_edit as store_computed_edit
 from tests.fixtures.app import api_settings, build_app
 from tests.fixtures.db import BACKENDS, reset_postgres
@@ -43,13 +44,32 @@ CASE = {
     "answer": "Tokyo",
 }
 
+LENS_RESULT = {  # a made-up two-layer logit lens for the second seeded lens job, stored as a worker stores one
+    "prompt": "The capital of Japan is",
+    "position": 4,
+    "token": " is",
+    "apply_final_norm": True,
+    "targets": ["Tokyo"],
+    "target_token_ids": [[28260]],
+    "layers": [
+        {
+            "layer": layer,
+            "top": [{"token": " Tokyo", "token_id": 28260, "prob": 0.25 * (layer + 1)}],
+            "targets": [{"target": "Tokyo", "prob": 0.25 * (layer + 1), "rank": 1}],
+        }
+        for layer in range(2)
+    ],
+    "state_version": 1,
+}
+
 
 @dataclass(frozen=True)
 class Seeded:
     """Rows put in the database before fuzzing, so ids in paths sometimes name real ones."""
 
     edit_ids: tuple[str, ...]
-    job_ids: tuple[str, ...]
+    job_ids: tuple[str, ...]  # every job, the analyses' too
+    analysis_ids: tuple[str, ...]
 
 
 def fuzz_settings() -> Settings:
@@ -58,7 +78,8 @@ def fuzz_settings() -> Settings:
 
 
 def seed(app: FastAPI, factory: sessionmaker[Session]) -> Seeded:
-    """Three edits (two computed with a stored delta, one of them applied), two more jobs, a live worker."""
+    """Three edits (two computed with a stored delta, one of them applied), three more jobs (one of them a
+    finished logit lens, so its plot can be drawn), a live worker."""
     edit_ids: list[str] = []
     job_ids: list[str] = []
     with TestClient(app) as client:
@@ -75,11 +96,14 @@ def seed(app: FastAPI, factory: sessionmaker[Session]) -> Seeded:
         response = client.post("/v1/score", json={"prompt": "The capital of Japan is", "answers": ["Tokyo"]})
         assert response.status_code == 202, response.text
         job_ids.append(response.json()["id"])
-        response = client.post("/v1/analyses/logit-lens", json={"prompt": "The capital of Japan is"})
-        assert response.status_code == 202, response.text
-        job_ids.append(response.json()["id"])
+        for targets in ([], ["Tokyo"]):
+            body = {"prompt": "The capital of Japan is", "targets": targets}
+            response = client.post("/v1/analyses/logit-lens", json=body)
+            assert response.status_code == 202, response.text
+            job_ids.append(response.json()["id"])
+    set_job(factory, job_ids[-1], "succeeded", result=LENS_RESULT)
     add_worker(factory, "fuzz-worker", version=1)
-    return Seeded(edit_ids=tuple(edit_ids), job_ids=tuple(job_ids))
+    return Seeded(edit_ids=tuple(edit_ids), job_ids=tuple(job_ids), analysis_ids=tuple(job_ids[-2:]))
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -108,13 +132,18 @@ def api_schema(fuzz_factory: sessionmaker[Session]) -> Iterator[BaseSchema]:
     known = {"edit_id": seeded.edit_ids, "job_id": seeded.job_ids}
 
     @schema.hook
-    def flatmap_path_parameters(context: object, path_parameters: dict[str, Any] | None) -> st.SearchStrategy:
-        """Keep the generated id, or swap in one that exists (as is, or with a NUL appended)."""
+    def flatmap_path_parameters(context: HookContext, path_parameters: dict[str, Any] | None) -> st.SearchStrategy:
+        """Keep the generated id, or swap in one that exists (as is, or with a NUL appended).
+
+        Under ``/v1/analyses`` the jobs that exist are the analyses.
+        """
         if not isinstance(path_parameters, dict):
             return st.just(path_parameters)
         choices = [st.just(path_parameters)]
+        analyses = context.operation is not None and context.operation.path.startswith("/v1/analyses/")
         for name, ids in known.items():
             if name in path_parameters:
+                ids = seeded.analysis_ids if analyses and name == "job_id" else ids
                 variants = st.sampled_from(ids) | st.sampled_from(ids).map(lambda i: i + "\x00")
                 choices.append(variants.map(lambda v, n=name: {**path_parameters, n: v}))
         return st.one_of(choices)

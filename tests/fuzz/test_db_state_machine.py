@@ -16,7 +16,7 @@ from hypothesis.stateful import invariant, rule, run_state_machine_as_test
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import Base, Edit, EditDelta, ModelState, StateEvent
+from service.db import Base, Edit, ModelState, StateEvent, StoredDelta
 from service.db.state import NotFound, StateConflict, VersionMismatch, apply_edit, revert_edit
 from tests.fuzz.stateful import EDIT_IDS, N_EDITS, STATEFUL_SETTINGS, ActiveListMachine
 
@@ -44,7 +44,7 @@ def _add_edit(session: Session, edit_id: str, *, status: str, base_model: str = 
     if status == "computed":
         session.flush()
         sha = hashlib.sha256(DELTA).hexdigest()
-        session.add(EditDelta(edit_id=edit_id, data=DELTA, sha256=sha, shapes={"layer.1": [4, 4]}))
+        session.add(StoredDelta(edit_id=edit_id, data=DELTA, sha256=sha, shapes={"layer.1": [4, 4]}))
 
 
 def _reset(factory: sessionmaker[Session]) -> None:

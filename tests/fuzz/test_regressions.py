@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.jobs import InProcessQueue
 from service.usecases.jobs import submit_job
 from service.usecases.validation import Limits
-from tests.api.support import EDIT_BODY, PROBLEM, assert_problem
+from tests.api.support import EDIT_BODY
 from tests.fixtures.app import build_app
 from tests.fuzz.conftest import fuzz_settings, seed
+from tests.support import PROBLEM, assert_problem
 
 SUBMIT_ROUTES = {
     "/v1/edits": EDIT_BODY,

@@ -16,8 +16,9 @@ from service.db import Edit, StateEvent
 from service.jobs import InProcessQueue
 from service.keys import revoke_key
 from service.settings import Settings
-from tests.api.support import EDIT_BODY, assert_problem, compute_edit, snapshot
+from tests.api.support import EDIT_BODY, compute_edit, snapshot
 from tests.security.support import MakeKey, bearer
+from tests.support import assert_problem
 
 SCORE_BODY = {"prompt": EDIT_BODY["prompt"], "answers": ["Tokyo"]}
 LENS_BODY = {"prompt": EDIT_BODY["prompt"], "targets": ["Tokyo"]}

@@ -32,7 +32,7 @@ def _env(db: str, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def _creme(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

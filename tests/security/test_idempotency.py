@@ -18,8 +18,9 @@ from service.db import Edit, Job, ModelState, StateEvent
 from service.jobs import InProcessQueue
 from service.usecases.edits import change_state
 from service.usecases.jobs import scoped_idempotency_key
-from tests.api.support import BASE_MODEL, EDIT_BODY, assert_problem, compute_edit, snapshot
+from tests.api.support import BASE_MODEL, EDIT_BODY, compute_edit, snapshot
 from tests.security.support import MakeKey, bearer
+from tests.support import assert_problem
 
 JOB_POSTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("/v1/edits", EDIT_BODY, {**EDIT_BODY, "answer": "Kyoto"}),

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import create_app
 from service.jobs import InProcessQueue
 from service.settings import Settings
-from tests.api.support import EDIT_BODY, assert_problem, compute_edit, snapshot
+from tests.api.support import EDIT_BODY, compute_edit, snapshot
+from tests.support import assert_problem
 
 JOB_POSTS: list[tuple[str, dict[str, Any]]] = [
     ("/v1/edits", EDIT_BODY),

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import Edit, EditDelta, Job, utcnow
-from service.engine.delta import EditDelta as Delta
-from service.engine.delta import sha256_hex
+from service.db import Edit, Job, StoredDelta, utcnow
+from service.engine.delta import EditDelta, sha256_hex
 from service.engine.loading import LoadedModel
+from tests.support import wait_for
 
 # MQuAKE (MIT), via Li et al. 2024 ("Understanding and Patching Compositional Reasoning in LLMs"):
 # case mquake-2hop-0072, trimmed to one paraphrase and one specificity query. The embedded model
@@ -49,7 +47,7 @@ def add_edit(
     factory: Factory,
     lm: LoadedModel,
     *,
-    delta: Delta | None = None,
+    delta: EditDelta | None = None,
     data: bytes | None = None,
     sha256: str | None = None,
     status: str = "pending",
@@ -76,7 +74,7 @@ def add_edit(
         if delta is not None or data is not None:
             raw = data if data is not None else delta.to_bytes()  # type: ignore[union-attr]
             shapes = delta.shapes() if delta is not None else {}
-            edit.delta = EditDelta(data=raw, sha256=sha256 or sha256_hex(raw), shapes=shapes)
+            edit.delta = StoredDelta(data=raw, sha256=sha256 or sha256_hex(raw), shapes=shapes)
         session.add(edit)
         session.commit()
         return edit.id
@@ -87,18 +85,6 @@ def get(factory: Factory, model: type, key: str) -> Any:
         return session.get(model, key)
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def finished_job(factory: Factory, job_id: str, timeout: float = 60.0) -> Job:
     """The job row once it is terminal."""
 
@@ -106,4 +92,4 @@ def finished_job(factory: Factory, job_id: str, timeout: float = 60.0) -> Job:
         job = get(factory, Job, job_id)
         return job if job.status in ("succeeded", "failed", "cancelled") else None
 
-    return wait_for(done, timeout, f"job {job_id} to finish")
+    return wait_for(f"job {job_id} to finish", done, timeout, interval=0.05)

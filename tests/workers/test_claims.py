@@ -12,21 +12,11 @@ from sqlalchemy import update
 
 from service.db import Edit, Job, utcnow
 from service.jobs import InProcessQueue
-from service.jobs.claims import (
-    CANCELLED,
-    cancelled_problem,
-    claim,
-    extend_lease,
-    finish,
-    is_cancel_requested,
-    release,
-    report_progress,
-    sweep,
-)
 from service.jobs.redis_queue import RedisQueue
-from service.usecases.errors import PROBLEM_BASE
+from service.problems import CANCELLED, PROBLEM_BASE, cancelled_problem
 from service.usecases.jobs import cancel_job
 from tests.workers.support import Factory, add_edit, add_job, get
+from workers.claims import claim, extend_lease, finish, is_cancel_requested, release, report_progress, sweep
 
 LEASE = 30.0
 CANCELLED_TYPE = PROBLEM_BASE + CANCELLED

@@ -11,16 +11,16 @@ from sqlalchemy import select
 from service.db import Edit, ModelState, StateEvent, Worker, apply_edit, get_state, make_engine, revert_edit
 from service.db.session import make_session_factory
 from service.engine.creme import CompositionalQuery, compute_edit
-from service.engine.delta import EditDelta as Delta
-from service.engine.delta import LayerFactors, sha256_hex
+from service.engine.delta import EditDelta, LayerFactors, sha256_hex
 from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
-from service.reconcile import UNRECONCILED, Reconciler, record_worker
 from tests.workers.support import CASE, Factory, Pair, add_edit, get
+from workers.heartbeat import record_worker
+from workers.reconcile import UNRECONCILED, Reconciler
 
 
 @pytest.fixture(scope="module")
-def deltas(tiny_pair: Pair) -> list[Delta]:
+def deltas(tiny_pair: Pair) -> list[EditDelta]:
     """Two real CREME deltas on the tiny model (overlapping in layer 2)."""
     lm = tiny_pair[0]
     query = CompositionalQuery(CASE["prompt"], CASE["hop1_phrase"], CASE["bridge"])
@@ -38,7 +38,7 @@ def _state(factory: Factory, lm: LoadedModel) -> tuple[int, list[str]]:
         return state.version, list(state.active_edit_ids)
 
 
-def test_two_workers_converge_to_identical_weights(factory: Factory, pair: Pair, deltas: list[Delta]) -> None:
+def test_two_workers_converge_to_identical_weights(factory: Factory, pair: Pair, deltas: list[EditDelta]) -> None:
     (lm_a, lm_b), (w_a, w_b) = pair, (WeightState(pair[0]), WeightState(pair[1]))
     pristine = w_a.checksum()
     assert w_b.checksum() == pristine
@@ -66,7 +66,7 @@ def test_two_workers_converge_to_identical_weights(factory: Factory, pair: Pair,
     assert w_a.checksum() == w_b.checksum() == r_b.checksum == pristine  # revert is exact
 
 
-def _nan_delta(delta: Delta) -> bytes:
+def _nan_delta(delta: EditDelta) -> bytes:
     first = delta.factors[0]
     r = first.r.clone()
     r[3] = float("nan")
@@ -74,7 +74,7 @@ def _nan_delta(delta: Delta) -> bytes:
     return dataclasses.replace(delta, factors=poisoned).to_bytes()
 
 
-def _flipped(delta: Delta) -> tuple[bytes, str]:
+def _flipped(delta: EditDelta) -> tuple[bytes, str]:
     data = bytearray(delta.to_bytes())
     sha = sha256_hex(bytes(data))
     data[-5] ^= 0xFF  # a bit of a tensor, after the hash was recorded
@@ -83,7 +83,7 @@ def _flipped(delta: Delta) -> tuple[bytes, str]:
 
 @pytest.mark.parametrize("corruption", ["changed-bytes", "nan", "wrong-model-tag", "missing"])
 def test_a_corrupt_delta_is_withdrawn_and_the_rest_served(
-    factory: Factory, pair: Pair, deltas: list[Delta], corruption: str
+    factory: Factory, pair: Pair, deltas: list[EditDelta], corruption: str
 ) -> None:
     lm_a, lm_b = pair
     w_a, w_b = WeightState(lm_a), WeightState(lm_b)
@@ -130,7 +130,9 @@ def test_a_corrupt_delta_is_withdrawn_and_the_rest_served(
     assert w_b.checksum() == served
 
 
-def test_a_delta_from_another_base_model_is_skipped_locally(factory: Factory, pair: Pair, deltas: list[Delta]) -> None:
+def test_a_delta_from_another_base_model_is_skipped_locally(
+    factory: Factory, pair: Pair, deltas: list[EditDelta]
+) -> None:
     """A delta computed on a differently loaded model (say another dtype) is the worker's problem,
     not the edit's: the worker skips it and says so; the desired state and the edit stay."""
     lm = pair[0]
@@ -175,7 +177,7 @@ def test_record_worker_upserts_the_heartbeat(factory: Factory) -> None:
     assert row.last_heartbeat >= first
 
 
-def test_reconcile_caches_parsed_deltas(factory: Factory, pair: Pair, deltas: list[Delta]) -> None:
+def test_reconcile_caches_parsed_deltas(factory: Factory, pair: Pair, deltas: list[EditDelta]) -> None:
     lm = pair[0]
     e1 = add_edit(factory, lm, delta=deltas[0], status="computed")
     _apply(factory, lm, e1)

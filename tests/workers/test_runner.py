@@ -9,16 +9,18 @@ import pytest
 from sqlalchemy import update
 
 from service.db import Edit, Job
-from service.engine.creme import CompositionalQuery, compute_edit
+from service.engine.creme import CompositionalQuery, compute_edit, default_layers
 from service.engine.evaluate import PARAPHRASE_FRAME
 from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
 from service.jobs import InProcessQueue
-from service.jobs.claims import claim
-from service.jobs.runner import JobContext, default_layers, eval_sets, json_safe, problem_for, run_job
-from service.reconcile import Reconciler
 from service.settings import Settings
 from tests.workers.support import CASE, Factory, add_edit, add_job
+from workers.claims import claim
+from workers.context import JobContext, json_safe, problem_for
+from workers.edit_job import eval_sets
+from workers.reconcile import Reconciler
+from workers.runner import run_job
 
 ANALYSES = {
     "logit-lens": {"prompt": CASE["prompt"], "targets": ["India", "Asia"], "top_k": 3},

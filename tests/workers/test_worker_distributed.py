@@ -16,14 +16,14 @@ from sqlalchemy.orm import Session
 from service.db import Edit, Job, Worker, get_state, utcnow
 from service.engine.loading import LoadedModel
 from service.jobs import InProcessQueue
-from service.jobs.claims import claim
 from service.jobs.queue import Delivery, QueueUnavailable
 from service.jobs.redis_queue import RedisQueue
-from service.problems import CANCELLED
+from service.problems import CANCELLED, PROBLEM_BASE
 from service.settings import Settings
-from service.usecases.errors import PROBLEM_BASE
-from tests.workers.support import Factory, Pair, add_edit, add_job, finished_job, get, wait_for
+from tests.support import wait_for
+from tests.workers.support import Factory, Pair, add_edit, add_job, finished_job, get
 from workers import Worker as WorkerProcess
+from workers.claims import claim
 
 
 def _settings(worker_id: str, **overrides: float) -> Settings:
@@ -70,14 +70,19 @@ def test_two_workers_share_jobs_recover_a_dead_one_and_converge(
         assert get(factory, Edit, edit_id).status == "applied"
 
         # The worker that did not run the edit follows the nudge (its reconcile timer is 30 s).
-        wait_for(lambda: all(w.weights.active_ids == [edit_id] for w in workers), 10, "both workers to converge")
+        wait_for(
+            "both workers to converge",
+            lambda: all(w.weights.active_ids == [edit_id] for w in workers),
+            10,
+            interval=0.05,
+        )
         assert workers[0].weights.checksum() == workers[1].weights.checksum()
 
         def heartbeats_agree() -> bool:
             rows = [get(factory, Worker, w.worker_id) for w in workers]
             return {(r.state_version, r.weights_checksum) for r in rows} == {(1, workers[0].reconciler.checksum)}
 
-        wait_for(heartbeats_agree, 10, "both heartbeats to report the same state")
+        wait_for("both heartbeats to report the same state", heartbeats_agree, 10, interval=0.05)
     finally:
         for worker in workers:
             worker.stop()
@@ -154,7 +159,7 @@ def test_queue_outages_are_survived(factory: Factory, pair: Pair) -> None:
         job_id = add_job(factory, "generate", {"prompt": "Hi", "max_new_tokens": 2})
         queue.enqueue(job_id)
         assert finished_job(factory, job_id, 30).status == "succeeded"
-        wait_for(lambda: queue.depth() == 0, 10, "the failed ack to be retried")
+        wait_for("the failed ack to be retried", lambda: queue.depth() == 0, 10, interval=0.05)
         assert queue.failures == {"receive": 0, "ack": 0}
     finally:
         worker.stop()

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from service.db import Edit, EditDelta, Job, Worker, get_state, make_engine, make_session_factory, revert_edit
+from service.db import Edit, Job, StoredDelta, Worker, get_state, make_engine, make_session_factory, revert_edit
 from service.db.migrate import upgrade
 from service.engine.delta import delta_from_bytes, sha256_hex
 from service.engine.loading import LoadedModel
 from service.jobs import InProcessQueue
 from service.settings import Settings
-from tests.workers.support import CASE, Factory, add_edit, add_job, finished_job, get, wait_for
+from tests.support import wait_for
+from tests.workers.support import CASE, Factory, add_edit, add_job, finished_job, get
 from workers import Worker as WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -89,7 +90,7 @@ def test_edit_job_patches_the_query_and_revert_restores_the_model(embedded: Embe
     assert sorted(metrics["delta_norms"]) == ["12", "13", "14"]
     assert [r["layer"] for r in metrics["layer_reports"]] == [12, 13, 14]
     with factory() as session:
-        row = session.get(EditDelta, edit_id)
+        row = session.get(StoredDelta, edit_id)
         assert row.sha256 == sha256_hex(row.data) and row.shapes == {f"layer.{n}": [576, 576, 1] for n in (12, 13, 14)}
         assert delta_from_bytes(row.data, expected_sha256=row.sha256).layers == [12, 13, 14]
         state = get_state(session, smol_lm.name)
@@ -104,7 +105,7 @@ def test_edit_job_patches_the_query_and_revert_restores_the_model(embedded: Embe
         row = get(factory, Worker, worker.worker_id)
         return row.state_version == 1 and row.weights_checksum == served and row.status == "idle"
 
-    wait_for(heartbeat_shows_the_edit, 10, "the heartbeat to report version 1")
+    wait_for("the heartbeat to report version 1", heartbeat_shows_the_edit, 10, interval=0.05)
 
     p_after = _p_answer(env)  # the worker now serves the edited model
     assert p_after > p_before
@@ -113,7 +114,7 @@ def test_edit_job_patches_the_query_and_revert_restores_the_model(embedded: Embe
     with factory() as session:
         revert_edit(session, smol_lm.name, edit_id, actor="test")
     env.queue.publish_nudge("state")
-    wait_for(lambda: worker.reconciler.version == 2, 10, "the worker to reconcile the revert")
+    wait_for("the worker to reconcile the revert", lambda: worker.reconciler.version == 2, 10, interval=0.05)
     assert worker.weights.active_ids == [] and worker.weights.checksum() == env.pristine
     assert _p_answer(env) == p_before  # bit-exact revert
 
@@ -139,7 +140,7 @@ def test_a_cancelled_queued_job_never_runs(embedded: Embedded) -> None:
         session.execute(update(Job).where(Job.id == job_id).values(status="cancelled"))
         session.commit()
     embedded.queue.enqueue(job_id)
-    wait_for(lambda: embedded.queue.depth() == 0, 10, "the delivery to be acked")
+    wait_for("the delivery to be acked", lambda: embedded.queue.depth() == 0, 10, interval=0.05)
     assert get(embedded.factory, Job, job_id).started_at is None
 
 

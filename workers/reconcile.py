@@ -23,17 +23,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import Edit, EditDelta, StateEvent, Worker, utcnow
+from service.db.models import Edit, StateEvent, StoredDelta, utcnow
 from service.db.session import session_scope
 from service.db.state import bump_version, get_state
-from service.engine.delta import EditDelta as Delta
-from service.engine.delta import InvalidDeltaError, delta_from_bytes, validate_for
+from service.engine.delta import EditDelta, InvalidDeltaError, delta_from_bytes, validate_for
 from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
 from service.problems import problem
@@ -71,7 +68,7 @@ class Reconciler:
         self.checksum = weights.checksum()  # of the weights now served (computed on change only)
         self.skipped: dict[str, str] = {}  # desired edits this worker cannot serve (local reasons)
         self.last_error: str | None = None
-        self._cache: dict[tuple[str, str], Delta] = {}
+        self._cache: dict[tuple[str, str], EditDelta] = {}
         self._dirty = False  # an intrinsic rejection is not yet recorded in the database
         self.on_change = on_change  # reports a new version or checksum at once (the worker's heartbeat)
 
@@ -125,23 +122,23 @@ class Reconciler:
                 self._dirty = False
         return version
 
-    def _load(self, desired: Sequence[str]) -> tuple[dict[str, Delta], dict[str, Rejection]]:
+    def _load(self, desired: Sequence[str]) -> tuple[dict[str, EditDelta], dict[str, Rejection]]:
         """Parse and verify the deltas of ``desired`` (cached by edit id and sha256)."""
-        loaded: dict[str, Delta] = {}
+        loaded: dict[str, EditDelta] = {}
         rejected: dict[str, Rejection] = {}
         if not desired:
             return loaded, rejected
         with self.session_factory() as session:
             rows = session.execute(
-                select(Edit.id, Edit.base_fingerprint, EditDelta.sha256)
-                .outerjoin(EditDelta, EditDelta.edit_id == Edit.id)
+                select(Edit.id, Edit.base_fingerprint, StoredDelta.sha256)
+                .outerjoin(StoredDelta, StoredDelta.edit_id == Edit.id)
                 .where(Edit.id.in_(desired))
             ).all()
             meta = {row.id: row for row in rows}
             wanted = [i for i in desired if i in meta and meta[i].sha256 and (i, meta[i].sha256) not in self._cache]
             data: dict[str, bytes] = {}
             if wanted:
-                stmt = select(EditDelta.edit_id, EditDelta.data).where(EditDelta.edit_id.in_(wanted))
+                stmt = select(StoredDelta.edit_id, StoredDelta.data).where(StoredDelta.edit_id.in_(wanted))
                 data = {row.edit_id: bytes(row.data) for row in session.execute(stmt)}
         for edit_id in desired:
             row = meta.get(edit_id)
@@ -161,7 +158,7 @@ class Reconciler:
             loaded[edit_id] = self._cache[key]
         return loaded, rejected
 
-    def _verify(self, data: bytes, sha256: str, edit_fingerprint: str) -> Delta:
+    def _verify(self, data: bytes, sha256: str, edit_fingerprint: str) -> EditDelta:
         delta = delta_from_bytes(data, expected_sha256=sha256)
         if delta.base_fingerprint != self.lm.fingerprint:
             if delta.base_fingerprint != edit_fingerprint:
@@ -174,14 +171,14 @@ class Reconciler:
         validate_for(delta, self.lm)
         return delta
 
-    def _activate(self, edits: list[tuple[str, Delta]]) -> tuple[list[tuple[str, Delta]], dict[str, str]]:
+    def _activate(self, edits: list[tuple[str, EditDelta]]) -> tuple[list[tuple[str, EditDelta]], dict[str, str]]:
         """Set ``edits`` on the weights; if together they fail, keep the largest prefix-wise subset."""
         if [edit_id for edit_id, _ in edits] == self.weights.active_ids and self.version != UNRECONCILED:
             return edits, {}
         try:
             self.weights.set_active(edits)
         except InvalidDeltaError:
-            served: list[tuple[str, Delta]] = []
+            served: list[tuple[str, EditDelta]] = []
             skipped: dict[str, str] = {}
             self.weights.set_active([])
             for item in edits:
@@ -234,49 +231,3 @@ class Reconciler:
 
 class _LocalMismatch(InvalidDeltaError):
     """The delta is sound but was computed on a different base model than this worker's."""
-
-
-def record_worker(
-    session: Session,
-    worker_id: str,
-    *,
-    host: str,
-    base_model: str,
-    model_fingerprint: str,
-    n_layers: int,
-    state_version: int,
-    weights_checksum: str | None,
-    status: str,
-    started_at: datetime | None = None,
-) -> None:
-    """Insert or update the ``workers`` row (the heartbeat, with the model's depth) and commit."""
-    now = utcnow()
-    values: dict[str, Any] = {
-        "host": host,
-        "base_model": base_model,
-        "model_fingerprint": model_fingerprint,
-        "n_layers": n_layers,
-        "state_version": state_version,
-        "weights_checksum": weights_checksum,
-        "status": status,
-        "last_heartbeat": now,
-    }
-    if started_at is not None:
-        values["started_at"] = started_at
-    dialect = session.get_bind().dialect.name
-    try:
-        if dialect in ("postgresql", "sqlite"):
-            if dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert
-            stmt = insert(Worker).values(id=worker_id, **{"started_at": now, **values})
-            session.execute(stmt.on_conflict_do_update(index_elements=[Worker.id], set_=values))
-        else:  # pragma: no cover - only Postgres and SQLite are supported
-            result = session.execute(update(Worker).where(Worker.id == worker_id).values(**values))
-            if result.rowcount == 0:  # type: ignore[attr-defined]
-                session.add(Worker(id=worker_id, **{"started_at": now, **values}))
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise

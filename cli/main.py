@@ -56,8 +56,8 @@ def _fmt_p(p: float) -> str:
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from service.cases import CaseFormatError, load_cases
     from service.dataset_eval import CaseOutcome, evaluate_dataset
+    from service.engine.cases import CaseFormatError, load_cases
     from service.engine.methods import method_spec
 
     try:
@@ -364,7 +364,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = get_settings()
     configure_logging(settings.log_format, level=logging.INFO if args.verbose else logging.WARNING)
     return int(args.func(args, settings) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
