@@ -1,10 +1,11 @@
-# Two commands: `make serve` (set up, then run the service on the embedded default) and `make test`.
+# Two commands: `make serve` (set up, then run the service on the embedded default) and `make test`;
+# `make demo` patches and reverts one failing question on the embedded model, without the service.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup serve test lint bench
+.PHONY: setup serve test demo lint bench
 
 setup: $(VENV)/.installed
 
@@ -21,6 +22,9 @@ serve: setup
 
 test: setup
 	$(PY) -m pytest
+
+demo: setup
+	$(VENV)/bin/creme demo
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from service.db.models import Edit, Job, StateEvent
+from service.usecases.kinds import KINDS, JobKind
 from service.usecases.model import ModelStatus
 from service.usecases.validation import EditRequest, ProbeRequest
 
 EditStatus = Literal["pending", "computing", "computed", "applied", "reverted", "failed"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["edit", "logit-lens", "locate", "intervention", "compositionality", "generate", "score"]
+KindName = Literal[tuple(KINDS)]  # type: ignore[valid-type]  # every declared job kind
 
 
 class Problem(BaseModel):
@@ -39,10 +41,15 @@ class EditCreate(EditRequest):
                 {
                     "prompt": "The capital of the country where Mount Fuji is located is",
                     "hop1_phrase": "the country where Mount Fuji is located",
+                    "apply": "if_safe",
+                },
+                {
+                    "prompt": "The capital of the country where Mount Fuji is located is",
+                    "hop1_phrase": "the country where Mount Fuji is located",
                     "bridge": "Japan",
                     "answer": "Tokyo",
                     "apply": "if_safe",
-                }
+                },
             ]
         },
     )
@@ -73,6 +80,13 @@ class EditEvent(BaseModel):
     state_version: int = Field(description="The model-state version this change produced.")
 
 
+class Inferred(BaseModel):
+    """Whether the bridge and the answer were left out of the request, to be inferred from the model's own answers."""
+
+    bridge: bool
+    answer: bool
+
+
 class EditOut(BaseModel):
     """An edit: its request, status, layers, metrics and history.
 
@@ -86,8 +100,9 @@ class EditOut(BaseModel):
     base_fingerprint: str | None
     prompt: str
     hop1_phrase: str
-    bridge: str
-    answer: str
+    bridge: str | None = Field(description="The bridge entity; null until the worker has inferred it.")
+    answer: str | None = Field(description="The correct final answer; null until the worker has inferred it.")
+    inferred: Inferred = Field(description="Which of bridge and answer the worker reads from the model.")
     paraphrases: list[str]
     generalization: list[ProbeRequest]
     specificity: list[ProbeRequest]
@@ -143,7 +158,7 @@ class JobOut(BaseModel):
     """A job: status, progress, and its result or error (a problem object)."""
 
     id: str
-    kind: JobKind
+    kind: KindName
     status: JobStatus
     url: str
     payload: dict[str, Any]
@@ -158,43 +173,6 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
 
-class LensToken(BaseModel):
-    token: str
-    token_id: int
-    prob: float
-
-
-class LensTarget(BaseModel):
-    target: str
-    prob: float = Field(description="Probability, averaged over the target's sub-tokens.")
-    rank: int = Field(ge=1, description="1-based rank, averaged over the target's sub-tokens and rounded (halves up).")
-
-
-class LensLayer(BaseModel):
-    layer: int
-    top: list[LensToken]
-    targets: list[LensTarget]
-
-
-class LogitLensResult(BaseModel):
-    """What each layer's residual stream at ``position`` predicts, read out through the unembedding."""
-
-    prompt: str
-    position: int
-    token: str
-    apply_final_norm: bool
-    targets: list[str]
-    target_token_ids: list[list[int]]
-    layers: list[LensLayer]
-    state_version: int
-
-
-class LogitLensJobOut(JobOut):
-    """A logit-lens job; ``result`` once it succeeded."""
-
-    result: LogitLensResult | None  # type: ignore[assignment]
-
-
 class JobPage(BaseModel):
     items: list[JobOut]
     next_cursor: str | None
@@ -202,7 +180,7 @@ class JobPage(BaseModel):
 
 class AnalysisAccepted(BaseModel):
     id: str
-    kind: JobKind
+    kind: KindName
     status: JobStatus
     url: str
 
@@ -229,32 +207,36 @@ class ModelOut(BaseModel):
     converged: bool
 
 
-class AnswerProbability(BaseModel):
-    answer: str
-    probability: float
-
-
-class ScoreOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    job_id: str
-    answers: list[AnswerProbability]
-
-
-class GenerateOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    job_id: str
-    text: str
-
-
 def edit_url(edit_id: str) -> str:
     return f"/v1/edits/{edit_id}"
 
 
 def job_url(job: Job) -> str:
-    kind_is_analysis = job.kind in ("logit-lens", "locate", "intervention", "compositionality")
-    return f"/v1/analyses/{job.id}" if kind_is_analysis else f"/v1/jobs/{job.id}"
+    kind = KINDS.get(job.kind)
+    return f"/v1/analyses/{job.id}" if kind is not None and kind.analysis else f"/v1/jobs/{job.id}"
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("-"))
+
+
+@cache
+def finished_job_model(kind: JobKind) -> type[JobOut]:
+    """``JobOut`` with the kind's declared result type (e.g. ``LogitLensJobOut``), or ``JobOut`` itself."""
+    if kind.result is None:
+        return JobOut
+    doc = f"A {kind.name} job; ``result`` once it succeeded."
+    fields: Any = {"result": (kind.result | None, ...)}
+    return create_model(f"{_camel(kind.name)}JobOut", __base__=JobOut, __doc__=doc, **fields)
+
+
+@cache
+def answer_model(kind: JobKind) -> type[BaseModel]:
+    """What a query answers: its declared result and the ``job_id`` (e.g. ``ScoreOut``)."""
+    if kind.result is None:
+        raise ValueError(f"the query {kind.name!r} declares no result type")
+    fields: Any = {"job_id": (str, ...)}
+    return create_model(f"{_camel(kind.name)}Out", __base__=kind.result, **fields)
 
 
 def edit_out(edit: Edit, history: Sequence[StateEvent]) -> EditOut:
@@ -271,6 +253,7 @@ def edit_out(edit: Edit, history: Sequence[StateEvent]) -> EditOut:
         hop1_phrase=edit.hop1_phrase,
         bridge=edit.bridge,
         answer=edit.answer,
+        inferred=Inferred(bridge=request.get("bridge") is None, answer=request.get("answer") is None),
         paraphrases=request.get("paraphrases") or [],
         generalization=request.get("generalization") or [],
         specificity=request.get("specificity") or [],

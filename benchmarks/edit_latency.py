@@ -12,7 +12,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -20,6 +23,7 @@ from cli.main import load_from_settings, parse_layers
 from service.engine.cases import load_cases
 from service.engine.context import EditContext
 from service.engine.creme import CompositionalQuery, compute_edit, default_layers
+from service.engine.loading import LoadedModel
 from service.engine.methods import compute_with, method_spec
 from service.engine.options import DEFAULT_METHOD
 from service.engine.weights import WeightState
@@ -27,6 +31,52 @@ from service.settings import get_settings
 
 CASES = Path(__file__).resolve().parents[1] / "tests" / "data" / "mquake_sample.jsonl"
 FAILING = ("mquake-2hop-0072", "mquake-2hop-0085", "mquake-2hop-0158", "mquake-2hop-0295", "mquake-2hop-0394")
+T = TypeVar("T")
+
+
+def timed(device: torch.device, fn: Callable[[], T]) -> tuple[T, float]:
+    """``fn()`` and its wall-clock seconds, the device's queued work waited for on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - started
+
+
+def time_edits(lm: LoadedModel, layers: Sequence[int], repeats: int, cache_dir: Path | None) -> dict[str, Any]:
+    """Seconds per edit of the failing sample cases by the default method and by both CREME schedules."""
+    cases = [c for c in load_cases(CASES) if c.id in FAILING]
+    queries = [(CompositionalQuery(c.compositional, c.hop1_phrase, c.bridge), c.answer) for c in cases]
+    ctx = EditContext(lm, WeightState(lm), cache_dir)
+    default = method_spec(DEFAULT_METHOD)
+    runs = {
+        f"default ({DEFAULT_METHOD})": lambda q, a: compute_with(ctx, q, layers, default, answer=a),
+        "creme fast": lambda q, a: compute_edit(lm, q, layers, schedule="fast"),
+        "creme reference": lambda q, a: compute_edit(lm, q, layers, schedule="reference"),
+    }
+    runs[f"default ({DEFAULT_METHOD})"](*queries[0])  # warm-up: key statistics computed or loaded once
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(repeats):
+        for name, run in runs.items():  # interleaved, so load changes hit all alike
+            query, answer = queries[i % len(queries)]
+            seconds[name].append(timed(lm.device, partial(run, query, answer))[1])
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    return {
+        "model": lm.name,
+        "device": str(lm.device),
+        "dtype": str(next(lm.model.parameters()).dtype),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "layers": list(layers),
+        "templates": 22,
+        "repeats": repeats,
+        "seconds": seconds,
+        "median_seconds": medians,
+        "speedup_fast_over_reference": medians["creme reference"] / medians["creme fast"],
+    }
 
 
 def main() -> None:
@@ -38,38 +88,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = get_settings()
     lm = load_from_settings(settings)
-    layers = args.layers or default_layers(lm)
-    cases = [c for c in load_cases(CASES) if c.id in FAILING]
-    queries = [(CompositionalQuery(c.compositional, c.hop1_phrase, c.bridge), c.answer) for c in cases]
-    ctx = EditContext(lm, WeightState(lm), settings.cache_dir)
-    default = method_spec(DEFAULT_METHOD)
-    runs = {
-        f"default ({DEFAULT_METHOD})": lambda q, a: compute_with(ctx, q, layers, default, answer=a),
-        "creme fast": lambda q, a: compute_edit(lm, q, layers, schedule="fast"),
-        "creme reference": lambda q, a: compute_edit(lm, q, layers, schedule="reference"),
-    }
-    runs[f"default ({DEFAULT_METHOD})"](*queries[0])  # warm-up: key statistics computed or loaded once
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for i in range(args.repeats):
-        for name, run in runs.items():  # interleaved, so load changes hit all alike
-            started = time.perf_counter()
-            run(*queries[i % len(queries)])
-            seconds[name].append(time.perf_counter() - started)
-    medians = {name: statistics.median(values) for name, values in seconds.items()}
-    report = {
-        "model": lm.name,
-        "device": str(lm.device),
-        "dtype": str(next(lm.model.parameters()).dtype),
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "layers": layers,
-        "templates": 22,
-        "repeats": args.repeats,
-        "seconds": seconds,
-        "median_seconds": medians,
-        "speedup_fast_over_reference": medians["creme reference"] / medians["creme fast"],
-    }
+    report = time_edits(lm, args.layers or default_layers(lm), args.repeats, settings.cache_dir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(json.dumps({k: report[k] for k in ("layers", "median_seconds", "speedup_fast_over_reference")}, indent=2))

@@ -1,8 +1,7 @@
 """Edit methods side by side on a dev set, each edit alone and all stacked: JSON, a markdown table, a plot.
 
-Usage: python benchmarks/edit_quality.py DATA.jsonl [--methods creme,auto,least-squares]
-       [--stack-methods creme,auto] [--limit-failing N] [--judge published]
-       [--out benchmarks/results/edit_quality.json]
+Usage: python benchmarks/edit_quality.py DATA.jsonl [--methods creme,auto] [--stack-methods auto]
+       [--limit-failing N] [--probe-cases N] [--judge published] [--out benchmarks/results/edit_quality.json]
 
 A method may carry overrides of its parameters: ``local:strength=100,protect_weight=10``.
 Alone, for every method: failing cases found, fixed alone, canary facts kept per edit, paraphrase
@@ -12,7 +11,8 @@ one after another, each computed with the earlier ones applied): of the cases ea
 alone, how many still hold after 20 and after all edits, canaries kept and drift; the default
 method is also stacked under ``if_safe`` (only edits that pass the safety check are applied, as the
 service does). ``--plot`` (default: next to the JSON) draws fix rate against canaries kept and
-leakage per method, and canaries kept against the number of stacked edits.
+leakage per method, and canaries kept against the number of stacked edits. Results are written
+after every phase (alone, each stacked run, query sets), so a long run can be read while it goes.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ def _alone_row(label: str, report: dict) -> dict:
         "all_canaries_kept_alone": s["all_canaries_kept"],
         "generic_kl_alone": s["generic_kl_mean"],
         "edit_seconds_median": s["edit_seconds_median"],
-        "paraphrase": s["paraphrase"],
-        "generalization": s["generalization"],
-        "specificity": s["specificity"],
+        "paraphrase": s.get("paraphrase", {}),
+        "generalization": s.get("generalization", {}),
+        "specificity": s.get("specificity", {}),
     }
 
 
@@ -156,12 +156,23 @@ def _failing(lm: LoadedModel, cases: list[TwoHopCase], rule: str, limit: int | N
     return gap, failing
 
 
+def _write(args: argparse.Namespace, header: dict, alone: list[dict], stacked: list[dict]) -> str:
+    """Write the JSON, the markdown table and the plot of what is measured so far; return the table."""
+    table = markdown(alone, stacked)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({**header, "alone": alone, "stacked": stacked}, indent=2), encoding="utf-8")
+    args.out.with_suffix(".md").write_text(table, encoding="utf-8")
+    plot(alone, stacked, args.plot or args.out.with_suffix(".png"))
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
-    parser.add_argument("--methods", default="creme,auto,least-squares", help="methods evaluated alone")
-    parser.add_argument("--stack-methods", default="creme,auto", help="methods stacked ('' for none)")
+    parser.add_argument("--methods", default="creme,auto", help="methods evaluated alone")
+    parser.add_argument("--stack-methods", default="auto", help="methods stacked ('' for none)")
     parser.add_argument("--limit-failing", type=int, default=None, help="use only the first N failing cases")
+    parser.add_argument("--probe-cases", type=int, default=None, help="query sets read on the first N (default all)")
     parser.add_argument("--judge", choices=JUDGE_RULES, default=DEFAULT_RULE)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/edit_quality.json"))
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --out)")
@@ -172,11 +183,15 @@ def main() -> None:
     started = time.perf_counter()
     gap, failing = _failing(lm, load_cases(args.data), args.judge, args.limit_failing)
     common = {"rule": args.judge, "cache_dir": settings.cache_dir, "gap": gap}
+    header = {"model": lm.name, "judge": args.judge, "n_cases": gap.n, "failing_total": len(gap.failing_ids)}
+    header["failing_used"] = len(failing)
     order = [c.id for c in failing]
+    variants = [parse_variant(v) for v in filter(None, args.methods.split(","))]
     alone: list[dict] = []
-    for label, spec in map(parse_variant, filter(None, args.methods.split(","))):
-        alone.append(_alone_row(label, evaluate_dataset(lm, failing, spec=spec, **common)))
+    for label, spec in variants:  # cheap first: fix rate, canaries and drift of every edit alone
+        alone.append(_alone_row(label, evaluate_dataset(lm, failing, spec=spec, probes=False, **common)))
         print(f"{label}: alone done ({time.perf_counter() - started:.0f} s)", flush=True)
+        _write(args, header, alone, [])
     fixed_by = {r["method"]: set(r["fixed_alone_ids"]) for r in alone}
     runs = [(v, "always") for v in filter(None, args.stack_methods.split(","))]
     runs.append((DEFAULT_METHOD, "if_safe"))
@@ -187,22 +202,17 @@ def main() -> None:
         alone_fixed = fixed_by.get(label) or {c["id"] for c in report["cases"] if c["fixed"]}
         stacked.append(_stack_row(label, policy, report, alone_fixed, order))
         print(f"{label} ({policy}): stacked done ({time.perf_counter() - started:.0f} s)", flush=True)
-    table = markdown(alone, stacked)
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "model": lm.name,
-        "judge": args.judge,
-        "n_cases": gap.n,
-        "failing_total": len(gap.failing_ids),
-        "failing_used": len(failing),
-        "seconds": time.perf_counter() - started,
-    }
-    args.out.write_text(json.dumps({**report, "alone": alone, "stacked": stacked}, indent=2), encoding="utf-8")
-    args.out.with_suffix(".md").write_text(table, encoding="utf-8")
-    plot_path = args.plot or args.out.with_suffix(".png")
-    plot(alone, stacked, plot_path)
-    print(f"wrote {args.out}, {args.out.with_suffix('.md')} and {plot_path}")
+        _write(args, header, alone, stacked)
+    probed = failing[: args.probe_cases]
+    for row, (label, spec) in zip(alone, variants, strict=True):  # the query sets: the slow part
+        summary = evaluate_dataset(lm, probed, spec=spec, **common)["summary"]
+        row.update({name: summary[name] for name in ("paraphrase", "generalization", "specificity")})
+        row["probe_cases"] = len(probed)
+        print(f"{label}: query sets done ({time.perf_counter() - started:.0f} s)", flush=True)
+        _write(args, header, alone, stacked)
+    header["seconds"] = time.perf_counter() - started
+    print(_write(args, header, alone, stacked))
+    print(f"wrote {args.out}, {args.out.with_suffix('.md')} and {args.plot or args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cli.common import fmt_p, parse_layers, set_table
+from cli.remote import add_remote_commands
 from service.engine.judging import DEFAULT_RULE, JUDGE_RULES
 from service.engine.options import DEFAULT_METHOD, METHODS, TEMPLATE_SETS
 from service.logs import configure_logging
@@ -22,35 +24,12 @@ if TYPE_CHECKING:
     from service.engine.loading import LoadedModel
 
 
-def parse_layers(text: str) -> list[int]:
-    """'10-20' → 10..20; '3,5,7' → [3, 5, 7]; mixed '3,10-12' works too."""
-    layers: set[int] = set()
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                first, last = (int(x) for x in part.split("-", 1))
-                if first > last:
-                    raise ValueError
-                layers.update(range(first, last + 1))
-            elif part.strip():
-                layers.add(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"layers must look like '10-20' or '3,5,7', not {text!r}") from None
-    if not layers:
-        raise argparse.ArgumentTypeError("no layers given")
-    return sorted(layers)
-
-
 def load_from_settings(settings: Settings):
     """The model ``settings`` name, with its dtype and device (used by the commands and benchmarks)."""
     from service.engine.loading import load_model
 
     print(f"loading {settings.model} ...", file=sys.stderr)
     return load_model(settings.model, cache_dir=settings.cache_dir, dtype=settings.dtype, device=settings.device)
-
-
-def _fmt_p(p: float) -> str:
-    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
@@ -81,7 +60,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
     def on_case(outcome: CaseOutcome) -> None:
         row = outcome.to_dict()
-        change = f"{_fmt_p(row['p_pre'])} → {_fmt_p(row['p_post'])}"
+        change = f"{fmt_p(row['p_pre'])} → {fmt_p(row['p_post'])}"
         texts = f"{row['greedy_pre'].strip()[:28]!r} → {row['greedy_post'].strip()[:28]!r}"
         safety = outcome.safety
         verdict = (
@@ -122,6 +101,14 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.plots:
+        from service.eval_plots import write_eval_plots
+
+        written = write_eval_plots(report, args.plots)
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
+        if not written:
+            print("creme eval: no figure written: no case was edited", file=sys.stderr)
     return 0
 
 
@@ -138,21 +125,7 @@ def _print_summary(summary: dict) -> None:
             f"{summary['all_canaries_kept']} edits (mean kept {summary['canaries_kept_mean']:.1f}); "
             f"safe {summary['safe']}; generic KL {summary['generic_kl_mean']:.4f} nats/token"
         )
-    columns = [
-        ("n", "n", "{:d}"),
-        ("win pre", "win_rate_pre", "{:.1%}"),
-        ("win post", "win_rate_post", "{:.1%}"),
-        ("greedy pre", "greedy_acc_pre", "{:.1%}"),
-        ("greedy post", "greedy_acc_post", "{:.1%}"),
-        ("p rose", "share_increased", "{:.1%}"),
-        ("mean rel Δp", "mean_rel_change", "{:+.2f}"),
-        ("leak rel Δ", "leakage_mean_rel_change", "{:+.2f}"),
-    ]
-    print(f"{'set':<15}" + "".join(f"{title:>12}" for title, _, _ in columns))
-    for name in ("correction", "paraphrase", "generalization", "specificity"):
-        metrics = summary[name]
-        cells = [fmt.format(metrics[key]) if metrics.get(key) is not None else "-" for _, key, fmt in columns]
-        print(f"{name:<15}" + "".join(f"{cell:>12}" for cell in cells))
+    print("\n".join(set_table(summary)))
 
 
 def cmd_lens(args: argparse.Namespace, settings: Settings) -> int:
@@ -162,6 +135,12 @@ def cmd_lens(args: argparse.Namespace, settings: Settings) -> int:
     result = logit_lens(lm, args.prompt, args.target, top_k=args.top_k, apply_final_norm=not args.no_final_norm)
     print(format_lens_table(result))
     return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from cli.demo import run_demo
+
+    return run_demo(load_from_settings(settings), settings.cache_dir)
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -310,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="read only the first N cases")
     ev.add_argument("--layers", type=parse_layers, default=None, help="edit band, e.g. 10-20 (default: per model)")
     ev.add_argument("--json", type=Path, default=None, help="write the full report here")
+    ev.add_argument(
+        "--plots", type=Path, default=None, metavar="DIR", help="write eval-summary.png and eval-cases.png here"
+    )
     ev.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="edit method (default: %(default)s)")
     ev.add_argument(
         "--templates", choices=sorted(TEMPLATE_SETS), default="published", help="template set (default: %(default)s)"
@@ -324,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     lens.add_argument("--top-k", type=int, default=5)
     lens.add_argument("--no-final-norm", action="store_true", help="skip the final norm (as the published code)")
     lens.set_defaults(func=cmd_lens)
+
+    demo = sub.add_parser("demo", help="find a question the model fails, patch it, check it and revert it exactly")
+    demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="run the HTTP API (with an in-process worker unless CREME_REDIS_URL is set)")
     serve.add_argument("--host", default=None, help="bind address (default CREME_HOST, 127.0.0.1)")
@@ -352,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key; requests with it get 401 from then on")
     revoke.add_argument("key", help="the key's id or its display prefix")
     keys.set_defaults(func=cmd_keys)
+
+    add_remote_commands(sub)
     return parser
 
 

@@ -53,6 +53,7 @@ class Edit:
     hop1_phrase: str | None = None
     bridge: str | None = None
     answer: str | None = None
+    inferred: dict[str, bool] | None = None  # whether bridge and answer are (to be) read from the model
     layers: list[int] | None = None
     method: str | None = None
     apply: str | None = None
@@ -230,7 +231,9 @@ class LocateResult:
     job_id: str
     prompt: str
     guide_prompt: str | None = None
+    bridge: str | None = None
     answer: str | None = None
+    inferred: dict[str, bool] | None = None  # whether bridge and answer were read from the model
     answer_token_ids: list[int] = field(default_factory=list)
     window: int | None = None
     layers: list[int] = field(default_factory=list)

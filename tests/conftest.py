@@ -7,4 +7,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Idle OpenMP threads spin by default; with worker subprocesses beside the tests that starves the cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-pytest_plugins = ["tests.fixtures.db", "tests.fixtures.redis", "tests.fixtures.app", "tests.fixtures.models"]
+pytest_plugins = [
+    "tests.fixtures.db",
+    "tests.fixtures.redis",
+    "tests.fixtures.app",
+    "tests.fixtures.models",
+    "tests.fixtures.cli",
+]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import parse_layers
+from cli.common import parse_layers
 from tests.e2e.support import REPO, creme_env
+from tests.support import png_size
 
 SAMPLE = REPO / "tests" / "data" / "mquake_sample.jsonl"
 
@@ -36,9 +37,9 @@ def _creme(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_eval_writes_summary_and_table(tmp_path: Path) -> None:
-    out = tmp_path / "report.json"
-    done = _creme("eval", str(SAMPLE), "--limit", "3", "--layers", "10-20", "--json", str(out))
+def test_eval_writes_summary_table_and_plots(tmp_path: Path) -> None:
+    out, figures = tmp_path / "report.json", tmp_path / "figures"
+    done = _creme("eval", str(SAMPLE), "--limit", "3", "--layers", "10-20", "--json", str(out), "--plots", str(figures))
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     summary = report["summary"]
@@ -52,6 +53,12 @@ def test_eval_writes_summary_and_table(tmp_path: Path) -> None:
     [case] = report["cases"]
     assert case["id"] == "mquake-2hop-0072" and case["p_post"] > case["p_pre"]
     assert "mquake-2hop-0072" in done.stdout and "correction" in done.stdout
+    written = [figures / "eval-summary.png", figures / "eval-cases.png"]
+    assert sorted(figures.iterdir()) == sorted(written)
+    for path in written:
+        assert f"wrote {path}" in done.stderr
+        width, height = png_size(path.read_bytes())
+        assert width > 300 and height > 200
 
 
 def test_eval_reports_a_missing_file_clearly(tmp_path: Path) -> None:

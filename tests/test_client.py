@@ -4,17 +4,11 @@ SQLite with an in-process worker on the embedded SmolLM2, and API keys active (o
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import uvicorn
 from safetensors.torch import load as load_safetensors
 
-from api import create_app
 from creme.client import (
     AsyncClient,
     Client,
@@ -29,68 +23,26 @@ from creme.client import (
     Unauthorized,
     WaitTimeout,
 )
-from service.db import make_engine, make_session_factory
-from service.db.migrate import upgrade
-from service.jobs import InProcessQueue
-from service.keys import create_key
-from service.settings import Settings
 from tests.e2e.support import free_port
-from tests.fixtures.models import load_smol
-from workers import Worker
+from tests.support.live import LiveService, live_service
 
 pytestmark = pytest.mark.slow
 
 PROMPT = "The capital of the country that Daisuke Sasaki is a citizen of is"
 HOP1 = "the country that Daisuke Sasaki is a citizen of"
 LAYERS = [12, 13, 14]
-START_SECONDS = 120
-
-
-@dataclass(frozen=True)
-class Service:
-    url: str
-    edit_key: str
-    read_key: str
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """``creme serve`` as it runs embedded, in this process: one app for the whole module."""
-    db_url = f"sqlite:///{Path(tmp_path_factory.mktemp('client')) / 'creme.db'}"
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    factory = make_session_factory(engine)
-    with factory() as session:
-        _, edit_key = create_key(session, "client-edit", ["edit"])
-        _, read_key = create_key(session, "client-read", ["read"])
-    settings = Settings(database_url=db_url, worker_id="client-worker", heartbeat_seconds=0.5, reconcile_seconds=0.5)
-    queue = InProcessQueue()
-    lm = load_smol()
-    worker = Worker(settings, lm, factory, queue, poll_seconds=0.1)
-    worker.start()
-    app = create_app(settings, session_factory=factory, queue=queue, n_layers=lm.n_layers, tokenizer=lm.tokenizer)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert worker.ready.wait(START_SECONDS), "the worker did not become ready"
-        deadline = time.monotonic() + START_SECONDS
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        yield Service(f"http://127.0.0.1:{port}", edit_key, read_key)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        worker.stop()
-        queue.close()
-        engine.dispose()
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """``creme serve`` as it runs embedded, in this process: one app for the whole module, keys for edit and read."""
+    with live_service(tmp_path_factory.mktemp("client"), key_scopes=("edit", "read")) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
-def client(service: Service) -> Iterator[Client]:
-    with Client(service.url, api_key=service.edit_key) as c:
+def client(service: LiveService) -> Iterator[Client]:
+    with Client(service.url, api_key=service.keys["edit"]) as c:
         yield c
 
 
@@ -163,7 +115,7 @@ def test_edit_with_wait_and_the_listing_across_pages(client: Client, submitted: 
     assert client.edit_by_id(computed.id) == computed
 
 
-def test_problems_are_raised_as_typed_errors(client: Client, service: Service) -> None:
+def test_problems_are_raised_as_typed_errors(client: Client, service: LiveService) -> None:
     with pytest.raises(NotFound) as missing:
         client.edit_by_id("no-such-edit")
     assert missing.value.status == 404 and missing.value.type.endswith("/not-found")
@@ -179,7 +131,7 @@ def test_problems_are_raised_as_typed_errors(client: Client, service: Service) -
     with Client(service.url, api_key="creme_not-a-key") as wrong, pytest.raises(Unauthorized):
         wrong.model()
 
-    with Client(service.url, api_key=service.read_key) as reader:
+    with Client(service.url, api_key=service.keys["read"]) as reader:
         assert reader.model().base_model
         with pytest.raises(Forbidden) as forbidden:
             reader.edit(PROMPT, HOP1, "Japan", "Tokyo")
@@ -190,9 +142,9 @@ def test_problems_are_raised_as_typed_errors(client: Client, service: Service) -
     assert "cannot reach the service" in str(down.value) and "/v1/model" in str(down.value)
 
 
-def test_async_client_lens_and_reads(service: Service) -> None:
+def test_async_client_lens_and_reads(service: LiveService) -> None:
     async def scenario() -> None:
-        async with AsyncClient(service.url, api_key=service.edit_key) as client:
+        async with AsyncClient(service.url, api_key=service.keys["edit"]) as client:
             lens = await client.lens("The capital of Japan is", ["Tokyo"], top_k=3)
             assert [layer.layer for layer in lens.layers] == list(range(30))
             assert all(len(layer.top) == 3 for layer in lens.layers)

@@ -5,7 +5,6 @@ Each is checked as PNG (decoded, of a sensible size) and as SVG, whose text says
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from typing import Any
 
 import matplotlib
 import pytest
-from PIL import Image
 
 from service import plots
 from service.engine.creme import CompositionalQuery
@@ -36,19 +34,12 @@ from service.plots import (
     plot_logit_lens,
     token_label,
 )
+from tests.support import png_size
 
 PROMPT = "The capital of the country where Mount Fuji is located is"
 QUERY = CompositionalQuery(PROMPT, "the country where Mount Fuji is located", "Japan")
 SVG = "{http://www.w3.org/2000/svg}"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of PNG ``data``, after checking its signature and decoding it."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return image.size
 
 
 def svg_texts(data: bytes) -> list[str]:

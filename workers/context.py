@@ -14,14 +14,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import Job
-from service.db.state import NotFound, StateError
 from service.engine.context import EditContext
 from service.engine.delta import InvalidDeltaError
+from service.engine.infer import InferenceError
 from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
 from service.jobs.queue import JobQueue
-from service.problems import problem
+from service.problems import inference_failed_problem, problem
 from service.settings import Settings
+from service.usecases.errors import NotFoundError
 from workers.claims import ClaimLost, is_cancel_requested, report_progress
 from workers.reconcile import Reconciler
 
@@ -70,10 +71,10 @@ def problem_for(exc: BaseException) -> dict[str, Any]:
         return problem("invalid-payload", "invalid job payload", 422, str(exc))
     if isinstance(exc, InvalidDeltaError):
         return problem("delta-rejected", "delta rejected", 422, str(exc))
-    if isinstance(exc, NotFound):
+    if isinstance(exc, NotFoundError):
         return problem("not-found", "not found", 404, str(exc))
-    if isinstance(exc, StateError):
-        return problem("state-conflict", "model state conflict", 409, str(exc))
+    if isinstance(exc, InferenceError):
+        return inference_failed_problem(exc.step, exc.prompt, exc.continuation, str(exc))
     if isinstance(exc, ValueError):
         return problem("invalid-input", "invalid job input", 422, str(exc))
     return problem("job-failed", "job failed", 500, f"{type(exc).__name__}: {exc}")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,34 +12,31 @@ from sqlalchemy.orm import Session
 
 from service.db.models import Edit, Job, StoredDelta, utcnow
 from service.db.session import session_scope
-from service.db.state import StateConflict, VersionMismatch, apply_edit
-from service.engine.creme import CompositionalQuery, EditCancelled, default_layers
+from service.engine.creme import EditCancelled, default_layers
 from service.engine.delta import sha256_hex
 from service.engine.evaluate import PARAPHRASE_FRAME, EvalSets, Probe, evaluate_edit
-from service.engine.judging import DEFAULT_RULE
+from service.engine.infer import InferredQuery, infer_query
 from service.engine.methods import compute_with, method_spec
 from service.engine.safety import Canary, check_safety
 from service.jobs.payloads import EditPayload
-from service.jobs.queue import QueueUnavailable
 from service.problems import problem
+from service.usecases.edits import change_state
+from service.usecases.errors import ConflictError
+from service.usecases.validation import EditRequest
 from workers.claims import ClaimLost, lock_claim, mark_edit_failed
 from workers.context import DATABASE_UNAVAILABLE, JobContext, JobError, cancelled, json_safe, problem_for, progress
 
 log = logging.getLogger(__name__)
 
-APPLY_RETRIES = 5
-
 
 @dataclass(frozen=True)
-class _EditRequest:
+class _EditRow:
+    """What the job reads of its edit: where it stands, and the request the gateway validated."""
+
     id: str
     status: str
     base_model: str
-    prompt: str
-    hop1_phrase: str
-    bridge: str
-    answer: str
-    request: dict[str, Any]
+    request: EditRequest
     layers: list[int]
     method: str
     apply_policy: str
@@ -51,44 +46,27 @@ class _EditRequest:
     computed_on_version: int | None
 
 
-def _probes(items: Iterable[Any] | None) -> tuple[Probe, ...]:
-    """Probes from ``[{prompt|cloze, answer}]``."""
-    probes = []
-    for item in items or ():
-        prompt = item.get("prompt") or item.get("cloze")
-        if not prompt or not item.get("answer"):
-            raise ValueError(f"evaluation query needs a prompt and an answer: {item!r}")
-        probes.append(Probe(str(prompt), str(item["answer"])))
-    return tuple(probes)
-
-
-def eval_sets(prompt: str, answer: str, request: dict[str, Any]) -> EvalSets:
-    """The evaluation sets of an edit request; paraphrases are questions put in the QA frame."""
-    raw = request.get("paraphrases") or ()
-    questions = [q if isinstance(q, str) else q.get("question") or q.get("prompt") for q in raw]
-    aliases = tuple(request.get("answer_aliases") or ())
+def eval_sets(request: EditRequest, answer: str) -> EvalSets:
+    """The evaluation sets of an edit request whose answer is ``answer``; paraphrases are put in the QA frame."""
+    aliases = tuple(request.answer_aliases)
     return EvalSets(
-        correction=(Probe(prompt, answer, aliases),),
-        paraphrase=tuple(Probe(PARAPHRASE_FRAME.format(question=q), answer, aliases) for q in questions if q),
-        generalization=_probes(request.get("generalization")),
-        specificity=_probes(request.get("specificity")),
+        correction=(Probe(request.prompt, answer, aliases),),
+        paraphrase=tuple(Probe(PARAPHRASE_FRAME.format(question=q), answer, aliases) for q in request.paraphrases),
+        generalization=tuple(Probe(p.prompt, p.answer) for p in request.generalization),
+        specificity=tuple(Probe(p.prompt, p.answer) for p in request.specificity),
     )
 
 
-def _load_edit(ctx: JobContext, edit_id: str) -> _EditRequest:
+def _load_edit(ctx: JobContext, edit_id: str) -> _EditRow:
     with ctx.session_factory() as session:
         edit = session.get(Edit, edit_id)
         if edit is None:
             raise JobError(problem("not-found", "edit not found", 404, f"edit {edit_id} does not exist"))
-        return _EditRequest(
+        return _EditRow(
             id=edit.id,
             status=edit.status,
             base_model=edit.base_model,
-            prompt=edit.prompt,
-            hop1_phrase=edit.hop1_phrase,
-            bridge=edit.bridge,
-            answer=edit.answer,
-            request=dict(edit.request or {}),
+            request=EditRequest.model_validate(edit.request),
             layers=list(edit.layers or []),
             method=edit.method,
             apply_policy=edit.apply_policy,
@@ -111,7 +89,12 @@ def _set_edit(session: Session, edit_id: str, from_status: tuple[str, ...], **va
 
 
 def run_edit(job: Job, payload: EditPayload, ctx: JobContext) -> dict[str, Any]:
-    """The ``edit`` job; an edit an earlier attempt computed or finished is settled, not recomputed."""
+    """The ``edit`` job; an edit an earlier attempt computed or finished is settled, not recomputed.
+
+    A bridge or answer the request leaves out is first inferred from the model as it is now and
+    stored on the edit; if the model's own answer is unusable the edit fails with an
+    ``inference-failed`` problem naming the step, and nothing is computed or applied.
+    """
     edit = _load_edit(ctx, payload.edit_id)
     if edit.status in ("applied", "reverted"):  # an earlier attempt finished it
         return {"edit_id": edit.id, "status": edit.status, "applied": edit.status == "applied", "recomputed": False}
@@ -123,11 +106,14 @@ def run_edit(job: Job, payload: EditPayload, ctx: JobContext) -> dict[str, Any]:
         if edit.base_model != ctx.lm.name:
             detail = f"edit {edit.id} is for base model {edit.base_model!r}; this worker serves {ctx.lm.name!r}"
             raise JobError(problem("wrong-base-model", "wrong base model", 409, detail))
+        req = edit.request
+        query = infer_query(ctx.lm, req.prompt, req.hop1_phrase, bridge=req.bridge, answer=req.answer)
         with session_scope(ctx.session_factory) as session:
             if not lock_claim(session, job.id, ctx.worker_id):
                 raise ClaimLost(f"job {job.id} is no longer held by {ctx.worker_id}")
-            _set_edit(session, edit.id, ("pending", "computing"), status="computing", error=None)
-        return _compute_and_apply(job, edit, ctx)
+            values = {"bridge": query.query.bridge, "answer": query.answer}
+            _set_edit(session, edit.id, ("pending", "computing"), status="computing", error=None, **values)
+        return _compute_and_apply(job, edit, query, ctx)
     except (EditCancelled, ClaimLost, *DATABASE_UNAVAILABLE):
         raise
     except Exception as exc:
@@ -140,35 +126,33 @@ def run_edit(job: Job, payload: EditPayload, ctx: JobContext) -> dict[str, Any]:
         raise
 
 
-def _compute_and_apply(job: Job, edit: _EditRequest, ctx: JobContext) -> dict[str, Any]:
-    lm = ctx.lm
-    layers = edit.layers or list(edit.request.get("layers") or []) or default_layers(lm)
+def _compute_and_apply(job: Job, edit: _EditRow, query: InferredQuery, ctx: JobContext) -> dict[str, Any]:
+    lm, req, answer = ctx.lm, edit.request, query.answer
+    layers = edit.layers or req.layers or default_layers(lm)
     total = len(layers) + 2
     version = ctx.reconciler.version
-    rule = edit.request.get("judge") or DEFAULT_RULE
-    aliases = tuple(edit.request.get("answer_aliases") or ())
-    spec = method_spec(edit.method, edit.request.get("templates") or "published")
+    aliases = tuple(req.answer_aliases)
     result = compute_with(
         ctx.edit_context,
-        CompositionalQuery(edit.prompt, edit.hop1_phrase, edit.bridge),
+        query.query,
         layers,
-        spec,
-        answer=edit.answer,
+        method_spec(edit.method, req.templates),
+        answer=answer,
         answer_aliases=aliases,
-        rule=rule,
+        rule=req.judge,
         progress=lambda step, _n, message: progress(ctx, job, step, total, message),
         should_cancel=lambda: cancelled(ctx, job),
     )
     progress(ctx, job, len(layers) + 1, total, "evaluating and checking canaries")
-    sets = eval_sets(edit.prompt, edit.answer, edit.request)
-    evaluation = evaluate_edit(lm, ctx.weights, result.delta, sets, edited_answer=edit.answer, rule=rule)
-    safety = check_safety(ctx.edit_context, result.delta, Canary(edit.prompt, edit.answer, aliases), rule)
+    sets = eval_sets(req, answer)
+    evaluation = evaluate_edit(lm, ctx.weights, result.delta, sets, edited_answer=answer, rule=req.judge)
+    safety = check_safety(ctx.edit_context, result.delta, Canary(req.prompt, answer, aliases), req.judge)
     if cancelled(ctx, job):
         raise EditCancelled("edit cancelled")
     evaluated = evaluation.to_dict()
     metrics = {
         **evaluated["sets"],
-        "judge": rule,
+        "judge": req.judge,
         "improved": evaluation.improved,
         "safety": safety.to_dict(),
         "generic_kl": safety.generic_kl,
@@ -196,11 +180,11 @@ def _compute_and_apply(job: Job, edit: _EditRequest, ctx: JobContext) -> dict[st
             error=None,
         )
     progress(ctx, job, len(layers) + 2, total, "applying")
-    return _settle(ctx, edit, metrics, layers=layers, computed_on=version)
+    return _settle(ctx, edit, metrics, layers=layers, computed_on=version) | query.record()
 
 
 def _settle(
-    ctx: JobContext, edit: _EditRequest, metrics: dict[str, Any], *, layers: list[int], computed_on: int | None
+    ctx: JobContext, edit: _EditRow, metrics: dict[str, Any], *, layers: list[int], computed_on: int | None
 ) -> dict[str, Any]:
     """Apply a computed edit as its policy says; the job's result.
 
@@ -246,23 +230,13 @@ def _refusal(safety: dict[str, Any]) -> str:
     return "not applied (if_safe): " + (" and ".join(reasons) or "no safety check was recorded")
 
 
-def _apply(ctx: JobContext, edit: _EditRequest) -> tuple[bool, str | None]:
-    """Activate the computed edit (retrying concurrent state changes), nudge every worker, reconcile."""
+def _apply(ctx: JobContext, edit: _EditRow) -> tuple[bool, str | None]:
+    """Activate the computed edit through the one state change (which retries and nudges), then reconcile."""
     actor = edit.actor or f"worker:{ctx.worker_id}"
-    for attempt in range(APPLY_RETRIES):
-        try:
-            with ctx.session_factory() as session:
-                apply_edit(session, ctx.lm.name, edit.id, expected_version=None, actor=actor)
-            break
-        except VersionMismatch:
-            time.sleep(0.05 * (attempt + 1))
-        except StateConflict as exc:
-            return False, str(exc)
-    else:
-        return False, f"the model state kept changing; gave up after {APPLY_RETRIES} tries"
     try:
-        ctx.queue.publish_nudge("state")
-    except QueueUnavailable as exc:
-        log.warning("could not nudge workers after applying edit %s: %s", edit.id, exc)
+        with ctx.session_factory() as session:
+            change_state(session, ctx.queue, edit.id, "apply", None, actor, base_model=ctx.lm.name)
+    except ConflictError as exc:
+        return False, str(exc)
     ctx.reconciler.reconcile()
     return True, None

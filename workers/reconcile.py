@@ -9,8 +9,9 @@ A delta that cannot be applied is never applied, and the worker keeps serving. T
 * **Intrinsic** — the stored bytes are bad: sha256 mismatch, unreadable, NaN/inf, wrong shapes,
   tagged for another base model than its edit row says, or missing. Every worker reading the
   same bytes reaches the same verdict, so the first to see it *withdraws* the edit from the
-  desired state (a conditional version bump with a ``revert`` state event by ``worker:<id>``)
-  and marks the edit ``failed`` with a "delta rejected" problem. The desired state then again
+  desired state (a revert from the version it read, by ``worker:<id>``, through the one state
+  change of :func:`~service.usecases.edits.change_state`) and marks the edit ``failed`` with a
+  "delta rejected" problem. The desired state then again
   equals what every worker serves, and the audit log says why.
 * **Local** — the delta is fine but does not fit *this* worker (its base-model fingerprint
   differs, e.g. another dtype; or the sum overflows in this dtype). One odd worker must not
@@ -24,16 +25,19 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import Edit, StateEvent, StoredDelta, utcnow
+from service.db.models import Edit, StoredDelta
 from service.db.session import session_scope
-from service.db.state import bump_version, get_state
+from service.db.state import get_state
 from service.engine.delta import EditDelta, InvalidDeltaError, delta_from_bytes, validate_for
 from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
+from service.jobs.queue import JobQueue
 from service.problems import problem
+from service.usecases.edits import change_state
+from service.usecases.errors import ConflictError, PreconditionFailed
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,10 @@ class Rejection:
 
 
 class Reconciler:
-    """Brings ``weights`` to the desired state of ``lm.name``; call it only from the model thread."""
+    """Brings ``weights`` to the desired state of ``lm.name``; call it only from the model thread.
+
+    ``queue`` carries the nudge to the other workers after a withdrawal (None: there are none).
+    """
 
     def __init__(
         self,
@@ -59,6 +66,7 @@ class Reconciler:
         *,
         worker_id: str | None = None,
         on_change: Callable[[], None] | None = None,
+        queue: JobQueue | None = None,
     ) -> None:
         self.lm = lm
         self.weights = weights
@@ -71,6 +79,7 @@ class Reconciler:
         self._cache: dict[tuple[str, str], EditDelta] = {}
         self._dirty = False  # an intrinsic rejection is not yet recorded in the database
         self.on_change = on_change  # reports a new version or checksum at once (the worker's heartbeat)
+        self.queue = queue
 
     @property
     def degraded(self) -> bool:
@@ -116,7 +125,7 @@ class Reconciler:
         if intrinsic:
             for edit_id, reason in intrinsic.items():
                 log.error("edit %s: delta rejected: %s", edit_id, reason)
-            withdrawn = self._withdraw(version, desired, intrinsic)
+            withdrawn = self._withdraw(version, intrinsic)
             if withdrawn is not None:  # else the state moved meanwhile: read it again next time
                 self.version = version = withdrawn
                 self._dirty = False
@@ -192,40 +201,29 @@ class Reconciler:
         self.checksum = self.weights.checksum()
         return edits, {}
 
-    def _withdraw(self, read_version: int, desired: Sequence[str], bad: dict[str, str]) -> int | None:
-        """Remove ``bad`` edits from the desired state and fail them; the new version, or None if it moved."""
-        now = utcnow()
-        version, active = read_version, list(desired)
+    def _withdraw(self, read_version: int, bad: dict[str, str]) -> int | None:
+        """Revert the ``bad`` edits, one change each from ``read_version`` on, failing each with its reason.
+
+        The version then served, or None if the state moved meanwhile (it is read again next time).
+        """
+        version = read_version
         with self.session_factory() as session:
-            try:
-                for edit_id, reason in bad.items():
-                    active = [e for e in active if e != edit_id]
-                    if not bump_version(session, self.lm.name, version, active, now):
-                        session.rollback()
-                        return None
-                    version += 1
-                    error = problem("delta-rejected", "delta rejected", 422, reason)
-                    session.execute(
-                        update(Edit)
-                        .where(Edit.id == edit_id)
-                        .values(status="failed", error=error, updated_at=now)
-                        .execution_options(synchronize_session=False)
+            for edit_id, reason in bad.items():
+                error = problem("delta-rejected", "delta rejected", 422, reason)
+                try:
+                    _, state = change_state(
+                        session,
+                        self.queue,
+                        edit_id,
+                        "revert",
+                        version,
+                        f"worker:{self.worker_id}",
+                        base_model=self.lm.name,
+                        error=error,
                     )
-                    actor = f"worker:{self.worker_id}"
-                    session.add(
-                        StateEvent(
-                            base_model=self.lm.name,
-                            version=version,
-                            action="revert",
-                            edit_id=edit_id,
-                            actor=actor,
-                            created_at=now,
-                        )
-                    )
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+                except (PreconditionFailed, ConflictError):
+                    return None
+                version = state.version
         return version
 
 

@@ -1,4 +1,5 @@
-"""Run one claimed job on the model: dispatch on its kind with the typed payload of ``service/jobs/payloads.py``.
+"""Run one claimed job on the model: each kind declared in :mod:`service.usecases.kinds` has exactly one
+handler here, which gets the job's payload parsed with the model its kind declares.
 
 Everything here runs on the worker's single model thread after a reconcile, so analyses and new
 edits see the weights of the current desired state and nothing changes them meanwhile.
@@ -6,16 +7,41 @@ edits see the weights of the current desired state and nothing changes them mean
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from service.db.models import Job
-from service.engine.creme import CompositionalQuery
+from service.engine.infer import infer_query
 from service.jobs import payloads as P
 from service.logs import JOBS, event
 from service.problems import problem
+from service.usecases.kinds import KINDS
 from workers.context import JobContext, JobError, json_safe, progress
 from workers.edit_job import run_edit
+
+Handler = Callable[[Job, Any, JobContext], dict[str, Any]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(kind: str) -> Callable[[Handler], Handler]:
+    """Register the handler of the declared ``kind``; an undeclared kind, or a second handler, is an error."""
+
+    def register(handler: Handler) -> Handler:
+        if kind not in KINDS:
+            raise LookupError(f"{kind!r} is not a declared job kind (service/usecases/kinds.py)")
+        if kind in HANDLERS:
+            raise ValueError(f"job kind {kind!r} already has a handler: {HANDLERS[kind].__qualname__}")
+        HANDLERS[kind] = handler
+        return handler
+
+    return register
+
+
+def check_handlers(handlers: Mapping[str, Handler]) -> None:
+    """Raise unless every declared job kind has a handler."""
+    missing = [kind for kind in KINDS if kind not in handlers]
+    if missing:
+        raise RuntimeError(f"declared job kinds without a handler: {missing}")
 
 
 def run_job(job: Job, ctx: JobContext) -> dict[str, Any]:
@@ -25,10 +51,10 @@ def run_job(job: Job, ctx: JobContext) -> dict[str, Any]:
     is stopping, :class:`~workers.claims.ClaimLost` when the claim was lost, and any other
     exception for a failure (map it with :func:`~workers.context.problem_for`).
     """
-    handler = _HANDLERS.get(job.kind)
+    handler = HANDLERS.get(job.kind)
     if handler is None:
         raise JobError(problem("unknown-kind", "unknown job kind", 422, f"no handler for job kind {job.kind!r}"))
-    result = handler(job, P.parse_payload(job.kind, job.payload), ctx)
+    result = handler(job, KINDS[job.kind].payload.model_validate(job.payload), ctx)
     result.setdefault("state_version", ctx.reconciler.version)
     return json_safe(result)
 
@@ -38,28 +64,41 @@ def log_job_end(job: Job, status: str, seconds: float, worker_id: str) -> None:
     event(JOBS, "job", job_id=job.id, kind=job.kind, status=status, seconds=round(seconds, 6), worker=worker_id)
 
 
-# -- analyses and queries ------------------------------------------------------------------
+# -- the handlers --------------------------------------------------------------------------
+
+handles("edit")(run_edit)
 
 
+@handles("logit-lens")
 def _logit_lens(job: Job, p: P.LogitLensPayload, ctx: JobContext) -> dict[str, Any]:
     from service.engine.lens import logit_lens
 
     return logit_lens(ctx.lm, p.prompt, p.targets, top_k=p.top_k, apply_final_norm=p.apply_final_norm).to_dict()
 
 
+@handles("locate")
 def _locate(job: Job, p: P.LocatePayload, ctx: JobContext) -> dict[str, Any]:
     from service.engine.locate import locate
 
-    query = CompositionalQuery(p.prompt, p.hop1_phrase, p.bridge)
-    return locate(ctx.lm, query, p.answer, window=p.window).to_dict()
+    inferred = infer_query(ctx.lm, p.prompt, p.hop1_phrase, bridge=p.bridge, answer=p.answer)
+    return locate(ctx.lm, inferred.query, inferred.answer, window=p.window).to_dict() | inferred.record()
 
 
+@handles("intervention")
 def _intervention(job: Job, p: P.InterventionPayload, ctx: JobContext) -> dict[str, Any]:
     from service.engine.intervene import intervene
 
-    return intervene(ctx.lm, p.prompt, p.bridge, p.answer, layers=p.layers, compensate=p.compensate).to_dict()
+    bridge, answer = p.bridge, p.answer
+    if bridge is None or answer is None:
+        if p.hop1_phrase is None:
+            raise ValueError("inferring the bridge or the answer needs the hop-1 phrase")
+        inferred = infer_query(ctx.lm, p.prompt, p.hop1_phrase, bridge=bridge, answer=answer)
+        bridge, answer = inferred.query.bridge, inferred.answer
+    result = intervene(ctx.lm, p.prompt, bridge, answer, layers=p.layers, compensate=p.compensate).to_dict()
+    return result | {"inferred": {"bridge": p.bridge is None, "answer": p.answer is None}}
 
 
+@handles("compositionality")
 def _compositionality(job: Job, p: P.CompositionalityPayload, ctx: JobContext) -> dict[str, Any]:
     from service.engine.cases import TwoHopCase
     from service.engine.compositionality import check_cases
@@ -69,12 +108,14 @@ def _compositionality(job: Job, p: P.CompositionalityPayload, ctx: JobContext) -
     return report.to_dict()
 
 
+@handles("generate")
 def _generate(job: Job, p: P.GeneratePayload, ctx: JobContext) -> dict[str, Any]:
     from service.engine.prompts import greedy
 
     return {"text": greedy(ctx.lm, [p.prompt], max_new_tokens=p.max_new_tokens)[0]}
 
 
+@handles("score")
 def _score(job: Job, p: P.ScorePayload, ctx: JobContext) -> dict[str, Any]:
     from service.engine.prompts import answer_probs
 
@@ -82,12 +123,4 @@ def _score(job: Job, p: P.ScorePayload, ctx: JobContext) -> dict[str, Any]:
     return {"answers": [{"answer": a, "probability": prob} for a, prob in zip(p.answers, probs, strict=True)]}
 
 
-_HANDLERS: dict[str, Callable[[Job, Any, JobContext], dict[str, Any]]] = {
-    "edit": run_edit,
-    "logit-lens": _logit_lens,
-    "locate": _locate,
-    "intervention": _intervention,
-    "compositionality": _compositionality,
-    "generate": _generate,
-    "score": _score,
-}
+check_handlers(HANDLERS)  # at import: a worker never starts without a way to run a declared kind

@@ -82,7 +82,9 @@ class Worker:
         # A fresh queue consumer per incarnation, so a restarted worker can reclaim what it left pending.
         self.consumer = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         self.weights = weights or WeightState(lm)
-        self.reconciler = Reconciler(lm, self.weights, session_factory, worker_id=self.worker_id, on_change=self._beat)
+        self.reconciler = Reconciler(
+            lm, self.weights, session_factory, worker_id=self.worker_id, on_change=self._beat, queue=queue
+        )
         self.heartbeat = Heartbeat(
             session_factory,
             self.reconciler,

@@ -1,4 +1,4 @@
-"""``/v1/analyses``: Logit Lens, locating, intervention and compositionality-gap jobs."""
+"""``/v1/analyses``: a route for each analysis kind declared in :mod:`service.usecases.kinds`; their jobs and plots."""
 
 from __future__ import annotations
 
@@ -13,18 +13,16 @@ from api.auth import AuthorizedRoute
 from api.deps import IdempotencyDep, SessionDep, SettingsDep
 from api.plots import PLOT_RESPONSES, FormatPath, image, not_finished, not_plottable
 from api.routers import jobrun
-from api.schemas import AnalysisAccepted, JobOut, LogitLensJobOut, job_out, problems
+from api.schemas import AnalysisAccepted, JobOut, finished_job_model, job_out, problems
 from service.engine.inputs import default_band
-from service.jobs.payloads import CompositionalityPayload, InterventionPayload, LocatePayload, LogitLensPayload
 from service.plots import plot_analysis
-from service.usecases.jobs import ANALYSIS_KINDS, get_job, is_terminal
+from service.usecases.jobs import get_job, is_terminal
+from service.usecases.kinds import ANALYSIS_KINDS, JobKind, kinds_of
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"], route_class=AuthorizedRoute)
 
 PreferHeader = Annotated[str | None, Header(description="`wait=N`: hold the request up to N seconds.")]
-_RESPONSES = {200: {"model": JobOut, "description": "Finished within `Prefer: wait`."}} | problems(
-    400, 413, 422, 429, 503
-)
+_RESPONSES = problems(400, 413, 422, 429, 503)
 
 
 def _submitter(
@@ -45,33 +43,20 @@ def _submitter(
 SubmitDep = Annotated[Callable[[str, BaseModel], Awaitable[JSONResponse]], Depends(_submitter)]
 
 
-@router.post(
-    "/logit-lens",
-    status_code=202,
-    response_model=AnalysisAccepted,
-    responses=_RESPONSES | {200: {"model": LogitLensJobOut, "description": "Finished within `Prefer: wait`."}},
-)
-async def logit_lens(body: LogitLensPayload, submit: SubmitDep) -> JSONResponse:
-    """Logit lens: what each layer's residual stream predicts, read out through the unembedding."""
-    return await submit("logit-lens", body)
+def _add_route(kind: JobKind) -> None:
+    """``POST /v1/analyses/<kind>``: the kind's payload in, 202 (or the finished job, typed by its result) out."""
+
+    async def endpoint(body: BaseModel, submit: SubmitDep) -> JSONResponse:
+        return await submit(kind.name, body)
+
+    finished = {200: {"model": finished_job_model(kind), "description": "Finished within `Prefer: wait`."}}
+    jobrun.add_route(
+        router, kind, endpoint, status_code=202, response_model=AnalysisAccepted, responses=finished | _RESPONSES
+    )
 
 
-@router.post("/locate", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
-async def locate(body: LocatePayload, submit: SubmitDep) -> JSONResponse:
-    """Locating: patch activations from the guide run into the failing run to find where to edit."""
-    return await submit("locate", body)
-
-
-@router.post("/intervention", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
-async def intervention(body: InterventionPayload, submit: SubmitDep) -> JSONResponse:
-    """Intervention: suppress the bridge entity in the residual stream and watch p(answer)."""
-    return await submit("intervention", body)
-
-
-@router.post("/compositionality", status_code=202, response_model=AnalysisAccepted, responses=_RESPONSES)
-async def compositionality(body: CompositionalityPayload, submit: SubmitDep) -> JSONResponse:
-    """The compositionality gap: cases whose single hops the model answers but whose composition fails."""
-    return await submit("compositionality", body)
+for _kind in kinds_of("analysis"):
+    _add_route(_kind)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problems(404, 422, 503))

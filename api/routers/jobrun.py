@@ -1,10 +1,11 @@
-"""Submitting a non-edit job from a route, and answering with its outcome after an optional wait."""
+"""The routes of the declared job kinds: registering one, submitting its job, answering with its outcome."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -15,8 +16,19 @@ from api.schemas import AnalysisAccepted, job_out, job_url
 from service.db.models import Job
 from service.problems import CANCELLED, problem_type
 from service.usecases.jobs import submit_job
+from service.usecases.kinds import JobKind
 
 _JOB_STATUS_PROBLEM = {"failed": 500, "cancelled": 409}
+
+
+def add_route(
+    router: APIRouter, kind: JobKind, endpoint: Callable[..., Awaitable[JSONResponse]], **options: Any
+) -> None:
+    """Register ``endpoint`` as ``POST <prefix>/<kind name>``: its ``body`` typed by the kind's payload
+    model, described by the kind's summary; ``options`` are the route's responses and status."""
+    endpoint.__annotations__["body"] = kind.payload
+    name = kind.name.replace("-", "_")
+    router.add_api_route(f"/{kind.name}", endpoint, methods=["POST"], name=name, description=kind.summary, **options)
 
 
 async def submit(request: Request, kind: str, body: BaseModel, idempotency_key: str | None) -> Job:

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api.auth import AuthorizedRoute
 from api.deps import SessionDep
-from api.schemas import JobKind, JobOut, JobPage, JobStatus, job_out, problems
+from api.schemas import JobOut, JobPage, JobStatus, KindName, job_out, problems
 from service.usecases.jobs import cancel_job, get_job, list_jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AuthorizedRoute)
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AuthorizedRoute
 def list_jobs_route(
     session: SessionDep,
     status: JobStatus | None = None,
-    kind: JobKind | None = None,
+    kind: KindName | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobPage:

@@ -1,4 +1,5 @@
-"""``/v1/score`` and ``/v1/generate``: query the current (edited) model through a job, waiting for it."""
+"""``/v1/<query>``: a route for each query kind declared in :mod:`service.usecases.kinds` (``/v1/score``,
+``/v1/generate``), which asks the current (edited) model through a job and waits for it."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from api.auth import AuthorizedRoute
 from api.deps import IdempotencyDep
 from api.routers import jobrun
-from api.schemas import GenerateOut, JobOut, ScoreOut, problems
+from api.schemas import JobOut, answer_model, problems
 from service.db.models import Job
-from service.jobs.payloads import GeneratePayload, ScorePayload
+from service.usecases.kinds import JobKind, kinds_of
 
 router = APIRouter(prefix="/v1", tags=["query"], route_class=AuthorizedRoute)
 
@@ -22,9 +24,7 @@ _RESPONSES = {202: {"model": JobOut, "description": "Still running; poll the job
 )
 
 
-async def _answer(
-    request: Request, kind: str, body: ScorePayload | GeneratePayload, prefer: str | None, key: str | None
-) -> JSONResponse:
+async def _answer(request: Request, kind: str, body: BaseModel, prefer: str | None, key: str | None) -> JSONResponse:
     job: Job = await jobrun.submit(request, kind, body, key)
     job, headers = await jobrun.wait(request, job, prefer, default=request.app.state.settings.max_wait_seconds)
     if job.status == "succeeded":
@@ -34,17 +34,16 @@ async def _answer(
     return jobrun.accepted(job, headers, analysis=False)
 
 
-@router.post("/score", response_model=ScoreOut, responses=_RESPONSES)
-async def score(
-    body: ScorePayload, request: Request, idempotency_key: IdempotencyDep, prefer: PreferHeader = None
-) -> JSONResponse:
-    """The probability of each answer after the prompt, on the current (edited) model."""
-    return await _answer(request, "score", body, prefer, idempotency_key)
+def _add_route(kind: JobKind) -> None:
+    """``POST /v1/<kind>``: the kind's payload in, its result (or the job, still running) out."""
+
+    async def endpoint(
+        body: BaseModel, request: Request, idempotency_key: IdempotencyDep, prefer: PreferHeader = None
+    ) -> JSONResponse:
+        return await _answer(request, kind.name, body, prefer, idempotency_key)
+
+    jobrun.add_route(router, kind, endpoint, response_model=answer_model(kind), responses=_RESPONSES)
 
 
-@router.post("/generate", response_model=GenerateOut, responses=_RESPONSES)
-async def generate(
-    body: GeneratePayload, request: Request, idempotency_key: IdempotencyDep, prefer: PreferHeader = None
-) -> JSONResponse:
-    """Greedy continuation of the prompt on the current (edited) model."""
-    return await _answer(request, "generate", body, prefer, idempotency_key)
+for _kind in kinds_of("query"):
+    _add_route(_kind)

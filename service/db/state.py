@@ -1,4 +1,4 @@
-"""Transitions of the desired model state (apply / revert an edit).
+"""Transitions of the desired model state: apply or revert an edit (a revert with an error fails it).
 
 Each transition is one transaction on the caller's session: it commits on success and rolls back
 before raising. The ``model_state`` row is changed only by a conditional update
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -105,6 +106,7 @@ def _transition(
     actor: str | None,
     idempotency_key: str | None,
     request_hash: str | None,
+    error: dict[str, Any] | None = None,
 ) -> ModelState:
     try:
         edit = session.get(Edit, edit_id, populate_existing=True)
@@ -130,7 +132,7 @@ def _transition(
         active = new_active(list(state.active_edit_ids))
         now = utcnow()
         _bump_version(session, base_model, read_version, active, now, expected_version)
-        _set_edit_status(session, edit_id, edit.status, new_status, action, now)
+        _set_edit_status(session, edit_id, edit.status, new_status, action, now, error)
         session.add(
             StateEvent(
                 base_model=base_model,
@@ -150,25 +152,9 @@ def _transition(
     # Show the outcome of this transition on the loaded objects without another round trip.
     for attr, value in (("version", read_version + 1), ("active_edit_ids", active), ("updated_at", now)):
         set_committed_value(state, attr, value)
-    stamp = "applied_at" if action == "apply" else "reverted_at"
-    for attr, value in (("status", new_status), ("updated_at", now), (stamp, now)):
+    for attr, value in _edit_values(new_status, action, now, error).items():
         set_committed_value(edit, attr, value)
     return state
-
-
-def bump_version(session: Session, base_model: str, read_version: int, active: list[str], now: datetime) -> bool:
-    """Move the state from ``read_version`` to the next one with ``active``; False if it is no longer there.
-
-    The conditional update (``WHERE version = read_version``) every transition of the row goes through:
-    of two concurrent bumps from the same version exactly one wins. Nothing is committed here.
-    """
-    result = session.execute(
-        update(ModelState)
-        .where(ModelState.base_model == base_model, ModelState.version == read_version)
-        .values(version=ModelState.version + 1, active_edit_ids=active, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def _bump_version(
@@ -179,22 +165,46 @@ def _bump_version(
     now: datetime,
     expected_version: int | None,
 ) -> None:
-    """Move the state from ``read_version`` to the next one, or raise if someone else did first."""
-    if not bump_version(session, base_model, read_version, active, now):
+    """Move the state from ``read_version`` to the next one, or raise if someone else did first.
+
+    The conditional update (``WHERE version = read_version``) every transition of the row goes through:
+    of two concurrent bumps from the same version exactly one wins. Nothing is committed here.
+    """
+    result = session.execute(
+        update(ModelState)
+        .where(ModelState.base_model == base_model, ModelState.version == read_version)
+        .values(version=ModelState.version + 1, active_edit_ids=active, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         current = _read_state(session, base_model)
         raise VersionMismatch(current.version if current else 0, expected_version)
 
 
+def _edit_values(new_status: str, action: str, now: datetime, error: dict[str, Any] | None) -> dict[str, Any]:
+    """The columns of the edit a transition sets: its status, the time stamps and (when it fails) the error."""
+    stamp = "applied_at" if action == "apply" else "reverted_at"
+    values: dict[str, Any] = {"status": new_status, "updated_at": now, stamp: now}
+    if error is not None:
+        values["error"] = error
+    return values
+
+
 def _set_edit_status(
-    session: Session, edit_id: str, old_status: str, new_status: str, action: str, now: datetime
+    session: Session,
+    edit_id: str,
+    old_status: str,
+    new_status: str,
+    action: str,
+    now: datetime,
+    error: dict[str, Any] | None,
 ) -> None:
     """Change the edit's status only if it is still ``old_status`` (a second guard)."""
-    stamp = {"applied_at": now} if action == "apply" else {"reverted_at": now}
     result = session.execute(
         update(Edit)
         .where(Edit.id == edit_id, Edit.status == old_status)
-        .values(status=new_status, updated_at=now, **stamp)
+        .values(**_edit_values(new_status, action, now, error))
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -245,11 +255,13 @@ def revert_edit(
     actor: str | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    error: dict[str, Any] | None = None,
 ) -> ModelState:
     """Remove an applied edit from the active list and bump the version (one transaction).
 
-    Raises :class:`NotFound`, :class:`StateConflict` (not applied, other base model) or
-    :class:`VersionMismatch` (``expected_version`` is stale, or the state moved concurrently).
+    The edit becomes ``reverted``, or with ``error`` ``failed`` with that problem (a worker
+    withdrawing a bad delta). Raises :class:`NotFound`, :class:`StateConflict` (not applied, other
+    base model) or :class:`VersionMismatch` (``expected_version`` is stale, or the state moved concurrently).
     """
 
     def remove(active: list[str]) -> list[str]:
@@ -261,10 +273,11 @@ def revert_edit(
         edit_id,
         action="revert",
         allowed=("applied",),
-        new_status="reverted",
+        new_status="reverted" if error is None else "failed",
         new_active=remove,
         expected_version=expected_version,
         actor=actor,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        error=error,
     )

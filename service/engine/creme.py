@@ -129,7 +129,7 @@ def compute_edit(
             if should_cancel is not None and should_cancel():
                 raise EditCancelled("edit cancelled")
             sample = steps.sample(lm, layer, batch_c, batch_g)
-            r, u = solver(sample)
+            r, u = (t.float() for t in solver(sample))  # float32 factors whatever the model dtype
             add_in_place(lm, layer, u, r)
             factors.append(LayerFactors(layer=layer, u=u.cpu(), r=r.cpu(), keys=sample.keys.cpu()))
             reports.append(_report(sample, steps.edited_values(lm, layer, batch_c, sample.keys), rank=r.shape[1]))

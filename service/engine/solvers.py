@@ -31,7 +31,7 @@ class ProtectedSolver:
 
     def normal_matrix(self, layer: int, keys: torch.Tensor) -> torch.Tensor:
         """A = KᵀK + μC + rho·mean(diag C)·I + w K_eᵀK_e for this layer."""
-        eye = torch.eye(keys.shape[1], device=keys.device)
+        eye = torch.eye(keys.shape[1], device=keys.device, dtype=torch.float32)
         if self.second_moments is None:  # plain least squares, the ridge scaled to the keys' size
             cov = eye * keys.pow(2).sum(dim=1).mean() / keys.shape[1]
         else:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
-from service.engine.delta import EditDelta, InvalidDeltaError, validate_for
+from service.engine.delta import EditDelta, InvalidDeltaError, LayerFactors, validate_for
 from service.engine.loading import LoadedModel
 
 
@@ -16,15 +16,22 @@ class WeightState:
     """Applies and reverts edits by rebuilding each touched weight from its pristine copy.
 
     A touched weight is always ``pristine + Σ active ΔW``, the sum taken in float32 as one product
-    of the stacked factors (in activation order), then cast to the model dtype; with no delta
-    touching it the pristine tensor is copied back, so reverting everything restores the loaded
-    model bit for bit.
+    of the stacked factors, then cast to the model dtype; with no delta touching it the pristine
+    tensor is copied back, so reverting everything restores the loaded model bit for bit. The
+    factors are stacked in an order fixed by their content, so one set of edits gives the same
+    bits whatever the order they were activated in. A layer's pristine copy is taken the first
+    time an edit touches it.
     """
 
     def __init__(self, lm: LoadedModel) -> None:
         self.lm = lm
         self._pristine: dict[int, torch.Tensor] = {}
         self._active: list[tuple[str, EditDelta]] = []
+
+    @property
+    def pristine_bytes(self) -> int:
+        """Bytes held by the pristine copies (one per layer an edit has touched)."""
+        return sum(t.numel() * t.element_size() for t in self._pristine.values())
 
     @property
     def active_ids(self) -> list[str]:
@@ -98,15 +105,30 @@ class WeightState:
     def _weight(self, layer: int) -> torch.Tensor:
         return self.lm.adapter.out_proj_module(self.lm.model, layer).weight.data
 
+    def _pristine_weight(self, layer: int) -> torch.Tensor:
+        """The loaded weight of ``layer``, copied the first time an edit touches it."""
+        if layer not in self._pristine:
+            self._pristine[layer] = self._weight(layer).clone()
+        return self._pristine[layer]
+
     def _rebuilt(self, layer: int, edits: Sequence[tuple[str, EditDelta]]) -> torch.Tensor:
-        pristine = self._pristine.setdefault(layer, self._weight(layer).clone())
-        deltas = [f for _, d in edits for f in d.factors if f.layer == layer]
+        pristine = self._pristine_weight(layer)
+        deltas = sorted((f for _, d in edits for f in d.factors if f.layer == layer), key=content_key)
         if not deltas:
             return pristine
-        r = torch.cat([f.r for f in deltas], dim=1)  # [d_out, Σk], in activation order
+        r = torch.cat([f.r for f in deltas], dim=1)  # [d_out, Σk], in content order
         u = torch.cat([f.u for f in deltas], dim=1)  # [d_in, Σk]
         update = self.lm.adapter.delta_as_weight(r.to(pristine.device), u.to(pristine.device))
         return (pristine.to(torch.float32) + update).to(pristine.dtype)
+
+
+def content_key(factors: LayerFactors) -> bytes:
+    """sha256 of a layer's factors: the order in which :class:`WeightState` stacks them."""
+    digest = hashlib.sha256()
+    for tensor in (factors.u, factors.r):
+        digest.update(f"{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.digest()
 
 
 @contextmanager

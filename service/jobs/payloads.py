@@ -1,23 +1,22 @@
-"""The job contract between the gateway and the workers: one payload model per job kind.
+"""The job contract between the gateway and the workers: the payload of each job kind, and the
+results the API documents.
 
 The gateway validates a request, stores ``Payload.model_dump()`` in ``jobs.payload`` and enqueues
-the job id; a worker parses it back with :func:`parse_payload`. Results are plain JSON objects.
+the job id; a worker parses it back with the payload model its kind declares
+(:mod:`service.usecases.kinds`). Results are JSON objects; those with a model here are typed in the API.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+INFERRED = "; null: the worker infers it from the model's own answers."
 
 
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProbeIn(_Payload):
-    prompt: str = Field(min_length=1)
-    answer: str = Field(min_length=1)
 
 
 class EditPayload(_Payload):
@@ -36,15 +35,18 @@ class LogitLensPayload(_Payload):
 class LocatePayload(_Payload):
     prompt: str = Field(min_length=1)
     hop1_phrase: str = Field(min_length=1)
-    bridge: str = Field(min_length=1)
-    answer: str = Field(min_length=1)
+    bridge: str | None = Field(None, min_length=1, description="The bridge entity" + INFERRED)
+    answer: str | None = Field(None, min_length=1, description="The correct final answer" + INFERRED)
     window: StrictInt = Field(6, ge=1, le=64)
 
 
 class InterventionPayload(_Payload):
     prompt: str = Field(min_length=1)
-    bridge: str = Field(min_length=1)
-    answer: str = Field(min_length=1)
+    bridge: str | None = Field(None, min_length=1, description="The bridge entity to suppress" + INFERRED)
+    answer: str | None = Field(None, min_length=1, description="The answer whose probability is watched" + INFERRED)
+    hop1_phrase: str | None = Field(
+        None, min_length=1, description="The first-hop phrase; needed only when bridge or answer is inferred."
+    )
     layers: list[StrictInt] | None = None
     compensate: bool = True
 
@@ -65,19 +67,52 @@ class ScorePayload(_Payload):
     answers: list[str] = Field(min_length=1)
 
 
-JobKind = Literal["edit", "logit-lens", "locate", "intervention", "compositionality", "generate", "score"]
-
-PAYLOADS: dict[str, type[_Payload]] = {
-    "edit": EditPayload,
-    "logit-lens": LogitLensPayload,
-    "locate": LocatePayload,
-    "intervention": InterventionPayload,
-    "compositionality": CompositionalityPayload,
-    "generate": GeneratePayload,
-    "score": ScorePayload,
-}
+# -- results -------------------------------------------------------------------------------
 
 
-def parse_payload(kind: str, payload: dict[str, Any]) -> _Payload:
-    """The typed payload of a stored job; ``KeyError`` for an unknown kind, ``ValidationError`` if malformed."""
-    return PAYLOADS[kind].model_validate(payload)
+class LensToken(BaseModel):
+    token: str
+    token_id: int
+    prob: float
+
+
+class LensTarget(BaseModel):
+    target: str
+    prob: float = Field(description="Probability, averaged over the target's sub-tokens.")
+    rank: int = Field(ge=1, description="1-based rank, averaged over the target's sub-tokens and rounded (halves up).")
+
+
+class LensLayer(BaseModel):
+    layer: int
+    top: list[LensToken]
+    targets: list[LensTarget]
+
+
+class LogitLensResult(BaseModel):
+    """What each layer's residual stream at ``position`` predicts, read out through the unembedding."""
+
+    prompt: str
+    position: int
+    token: str
+    apply_final_norm: bool
+    targets: list[str]
+    target_token_ids: list[list[int]]
+    layers: list[LensLayer]
+    state_version: int
+
+
+class AnswerProbability(BaseModel):
+    answer: str
+    probability: float
+
+
+class ScoreResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    answers: list[AnswerProbability]
+
+
+class GenerateResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    text: str

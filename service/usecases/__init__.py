@@ -13,17 +13,20 @@ from service.usecases.errors import (
     QueueFull,
     UseCaseError,
 )
-from service.usecases.jobs import ANALYSIS_KINDS, cancel_job, get_job, is_terminal, list_jobs, queued_count, submit_job
+from service.usecases.jobs import cancel_job, get_job, is_terminal, list_jobs, queued_count, submit_job
+from service.usecases.kinds import ANALYSIS_KINDS, KINDS, JobKind
 from service.usecases.model import ModelStatus, WorkerStatus, model_status, ping_database
 from service.usecases.pagination import Page
 from service.usecases.validation import EditRequest, Limits, validate_edit_request, validate_payload
 
 __all__ = [
     "ANALYSIS_KINDS",
+    "KINDS",
     "ConflictError",
     "EditRequest",
     "IdempotencyConflict",
     "InvalidRequest",
+    "JobKind",
     "Limits",
     "ModelStatus",
     "NotFoundError",

@@ -1,9 +1,11 @@
-"""Edit use-cases: submit, read, list, apply/revert (the desired model state), and the stored delta."""
+"""Edit use-cases: submit, read, list, the one path that changes the desired model state, and the stored delta."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -35,7 +37,8 @@ from service.usecases.validation import Limits, validate_edit_request
 log = logging.getLogger(__name__)
 
 STATE_NUDGE = "state"
-_STATE_RETRIES = 3
+STATE_RETRIES = 5  # tries of a change without If-Match while concurrent changes win the race
+STATE_RETRY_SECONDS = 0.05  # the pause before the next try grows by this much each time
 
 
 def submit_edit(
@@ -141,7 +144,7 @@ def list_edits(
 
 def change_state(
     session: Session,
-    queue: JobQueue,
+    queue: JobQueue | None,
     edit_id: str,
     action: Literal["apply", "revert"],
     expected_version: int | None,
@@ -149,26 +152,31 @@ def change_state(
     *,
     base_model: str,
     idempotency_key: str | None = None,
+    error: dict[str, Any] | None = None,
 ) -> tuple[Edit, ModelState]:
-    """Apply or revert an edit on ``base_model``'s desired state, then nudge the workers.
+    """The one way the desired state of ``base_model`` changes: apply or revert an edit, then nudge the workers.
 
-    With ``expected_version`` the change happens only from that version (else
-    :class:`PreconditionFailed`); without it, a concurrent change is retried. Raises
-    :class:`NotFoundError`, or :class:`ConflictError` when the edit's status does not allow it.
-    A replay with the same ``idempotency_key`` and request changes nothing and returns the edit (as
-    it is now) and the state as the first request left it; a different request raises
-    :class:`IdempotencyConflict`.
+    The API's apply/revert, a worker applying the edit it computed and a worker withdrawing an edit
+    whose delta is bad (a revert with ``error``: the edit becomes ``failed`` with that problem) all
+    come here. With ``expected_version`` the change happens only from that version (else
+    :class:`PreconditionFailed`); without it, a concurrent change is retried up to
+    ``STATE_RETRIES`` times. Raises :class:`NotFoundError`, or :class:`ConflictError` when the
+    edit's status does not allow it. A replay with the same ``idempotency_key`` and request changes
+    nothing and returns the edit (as it is now) and the state as the first request left it; a
+    different request raises :class:`IdempotencyConflict`. ``queue`` None: no worker to nudge.
     """
     if "\x00" in edit_id:  # no id holds NUL (Postgres text cannot)
         raise NotFoundError(f"edit {edit_id} not found")
+    if error is not None and action != "revert":
+        raise ValueError("only a revert fails an edit")
     key = idempotency_key or None
     req_hash = None
     if key is not None:
         req_hash = request_hash(action, {"base_model": base_model, "edit_id": edit_id, "if_match": expected_version})
         if replay := _state_replay(session, key, req_hash):
             return replay
-    transition = apply_edit if action == "apply" else revert_edit
-    for attempt in range(1, _STATE_RETRIES + 1):
+    transition = apply_edit if action == "apply" else partial(revert_edit, error=error)
+    for attempt in range(1, STATE_RETRIES + 1):
         try:
             state = transition(
                 session,
@@ -192,12 +200,14 @@ def change_state(
                 raise ConflictError(str(exc)) from None
             if expected_version is not None:
                 raise PreconditionFailed(exc.current, expected_version) from None
-            if attempt == _STATE_RETRIES:
+            if attempt == STATE_RETRIES:
                 raise ConflictError(f"the model state kept changing concurrently: {exc}") from None
-    try:
-        queue.publish_nudge(STATE_NUDGE)
-    except QueueUnavailable as exc:
-        log.warning("state changed to version %s but the nudge failed (workers poll): %s", state.version, exc)
+            time.sleep(STATE_RETRY_SECONDS * attempt)
+    if queue is not None:
+        try:
+            queue.publish_nudge(STATE_NUDGE)
+        except QueueUnavailable as exc:
+            log.warning("state changed to version %s but the nudge failed (workers poll): %s", state.version, exc)
     return get_edit(session, edit_id), state
 
 

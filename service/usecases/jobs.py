@@ -12,7 +12,7 @@ from sqlalchemy import case, extract, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.models import JOB_KINDS, JOB_STATUSES, JOB_TERMINAL_STATUSES, Edit, Job, StateEvent, new_uuid, utcnow
+from service.db.models import JOB_STATUSES, JOB_TERMINAL_STATUSES, Edit, Job, StateEvent, new_uuid, utcnow
 from service.jobs.queue import JobQueue, QueueUnavailable
 from service.problems import cancelled_problem
 from service.usecases.errors import (
@@ -22,13 +22,11 @@ from service.usecases.errors import (
     NotFoundError,
     QueueFull,
 )
+from service.usecases.kinds import KINDS
 from service.usecases.pagination import Page, paginate
 from service.usecases.validation import Limits, contains_nul, validate_payload
 
 log = logging.getLogger(__name__)
-
-ANALYSIS_KINDS = ("logit-lens", "locate", "intervention", "compositionality")
-QUERY_KINDS = ("generate", "score")
 
 
 def is_terminal(job: Job) -> bool:
@@ -125,13 +123,13 @@ def submit_job(
     limits: Limits | None = None,
     idempotency_key: str | None = None,
 ) -> Job:
-    """Validate ``payload`` for ``kind`` (any kind but ``edit``), commit a queued job, then enqueue it.
+    """Validate ``payload`` for the declared ``kind`` (any but ``edit``), commit a queued job, then enqueue it.
 
     A replay with the same ``idempotency_key`` and request returns the first job unchanged.
     Raises :class:`InvalidRequest`, :class:`QueueFull` or :class:`IdempotencyConflict` before writing.
     """
     limits = limits or Limits()
-    data = validate_payload(kind, payload, limits)
+    data = validate_payload(KINDS[kind], payload, limits)
     req_hash = request_hash(kind, data)
     if idempotency_key and (existing := find_idempotent(session, idempotency_key, kind, req_hash)):
         return existing
@@ -170,8 +168,8 @@ def list_jobs(
     errors = []
     if status is not None and status not in JOB_STATUSES:
         errors.append({"loc": ["query", "status"], "msg": f"must be one of {list(JOB_STATUSES)}", "type": "enum"})
-    if kind is not None and kind not in JOB_KINDS:
-        errors.append({"loc": ["query", "kind"], "msg": f"must be one of {list(JOB_KINDS)}", "type": "enum"})
+    if kind is not None and kind not in KINDS:
+        errors.append({"loc": ["query", "kind"], "msg": f"must be one of {list(KINDS)}", "type": "enum"})
     if errors:
         raise InvalidRequest(errors)
     stmt = select(Job)

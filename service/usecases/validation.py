@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
@@ -25,9 +25,12 @@ from service.engine.options import (
     MethodName,
     TemplateSetName,
 )
-from service.jobs.payloads import PAYLOADS
+from service.jobs.payloads import INFERRED
 from service.settings import Settings
 from service.usecases.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from service.usecases.kinds import JobKind
 
 MAX_TEMPLATES = 32
 MAX_ALIASES = 16
@@ -91,8 +94,8 @@ class EditRequest(BaseModel):
 
     prompt: str = Field(min_length=1, description="The compositional prompt the model gets wrong.")
     hop1_phrase: str = Field(min_length=1, description="The first-hop phrase; must occur in the prompt.")
-    bridge: str = Field(min_length=1, description="The bridge entity the first hop resolves to.")
-    answer: str = Field(min_length=1, description="The correct final answer.")
+    bridge: str | None = Field(None, min_length=1, description="The bridge entity the first hop resolves to" + INFERRED)
+    answer: str | None = Field(None, min_length=1, description="The correct final answer" + INFERRED)
     paraphrases: list[str] = Field(default_factory=list, description="Paraphrased questions.")
     generalization: list[ProbeRequest] = Field(default_factory=list)
     specificity: list[ProbeRequest] = Field(default_factory=list)
@@ -114,59 +117,59 @@ class EditRequest(BaseModel):
     )
 
 
-def _error(loc: Loc, msg: str, kind: str) -> dict[str, Any]:
+def error(loc: Loc, msg: str, kind: str) -> dict[str, Any]:
     return {"loc": list(loc), "msg": msg, "type": kind}
 
 
 def _pydantic_errors(exc: ValidationError, prefix: Loc) -> list[dict[str, Any]]:
-    return [_error((*prefix, *e["loc"]), e["msg"], e["type"]) for e in exc.errors()]
+    return [error((*prefix, *e["loc"]), e["msg"], e["type"]) for e in exc.errors()]
 
 
-def _check_text(value: Any, loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
+def check_text(value: Any, loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
     if not isinstance(value, str):
-        errors.append(_error(loc, "Input should be a valid string", "string_type"))
+        errors.append(error(loc, "Input should be a valid string", "string_type"))
     elif not value.strip():
-        errors.append(_error(loc, "must not be empty or only whitespace", "string_blank"))
+        errors.append(error(loc, "must not be empty or only whitespace", "string_blank"))
     elif contains_nul(value):
-        errors.append(_error(loc, "must not contain NUL characters", "string_nul"))
+        errors.append(error(loc, "must not contain NUL characters", "string_nul"))
     elif len(value) > limits.max_prompt_chars:
         msg = f"must be at most {limits.max_prompt_chars} characters (got {len(value)})"
-        errors.append(_error(loc, msg, "string_too_long"))
+        errors.append(error(loc, msg, "string_too_long"))
     elif limits.count_tokens is not None and (tokens := limits.count_tokens(value)) > limits.max_prompt_tokens:
         msg = f"has {tokens} tokens; the limit is {limits.max_prompt_tokens} tokens (CREME_MAX_PROMPT_TOKENS)"
-        errors.append(_error(loc, msg, "string_too_many_tokens"))
+        errors.append(error(loc, msg, "string_too_many_tokens"))
 
 
-def _check_hop1(prompt: str, hop1: str, loc: Loc, errors: list[dict[str, Any]]) -> None:
+def check_hop1(prompt: str, hop1: str, loc: Loc, errors: list[dict[str, Any]]) -> None:
     if hop1.strip() and find_phrase(prompt, hop1) is None:
-        errors.append(_error(loc, f"{hop1!r} does not occur in the prompt", "hop1_not_in_prompt"))
+        errors.append(error(loc, f"{hop1!r} does not occur in the prompt", "hop1_not_in_prompt"))
 
 
-def _check_layers(layers: Sequence[int] | None, loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
+def check_layers(layers: Sequence[int] | None, loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
     if layers is None:
         return
     if not layers:
-        errors.append(_error(loc, "must name at least one layer, or be null for the default", "too_short"))
+        errors.append(error(loc, "must name at least one layer, or be null for the default", "too_short"))
     for i, layer in enumerate(layers):
         if (problem := layer_problem(layer, limits.n_layers)) is not None:
-            errors.append(_error((*loc, i), problem, "layer"))
+            errors.append(error((*loc, i), problem, "layer"))
     if len(set(layers)) != len(layers):
-        errors.append(_error(loc, "layers must not repeat", "layers_repeated"))
+        errors.append(error(loc, "layers must not repeat", "layers_repeated"))
 
 
 def _check_templates(templates: Sequence[str], loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
     if not 1 <= len(templates) <= MAX_TEMPLATES:
-        errors.append(_error(loc, f"give 1 to {MAX_TEMPLATES} templates (got {len(templates)})", "templates_count"))
+        errors.append(error(loc, f"give 1 to {MAX_TEMPLATES} templates (got {len(templates)})", "templates_count"))
     for i, template in enumerate(templates):
-        _check_text(template, (*loc, i), limits, errors)
+        check_text(template, (*loc, i), limits, errors)
         if isinstance(template, str) and (problem := template_problem(template)) is not None:
-            errors.append(_error((*loc, i), problem, "template_placeholder"))
+            errors.append(error((*loc, i), problem, "template_placeholder"))
 
 
-def _check_count(count: int, loc: Loc, what: str, limits: Limits, errors: list[dict[str, Any]]) -> None:
+def check_count(count: int, loc: Loc, what: str, limits: Limits, errors: list[dict[str, Any]]) -> None:
     if count > limits.max_eval_queries:
         msg = f"{count} {what} exceed the limit of {limits.max_eval_queries}"
-        errors.append(_error(loc, msg, "too_many_queries"))
+        errors.append(error(loc, msg, "too_many_queries"))
 
 
 def _check_edit_cost(req: EditRequest, loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
@@ -191,7 +194,7 @@ def _check_edit_cost(req: EditRequest, loc: Loc, limits: Limits, errors: list[di
             f"{len(templates)} templates x {layers} layers); the limit is {limits.max_edit_cost} "
             "(CREME_MAX_EDIT_COST): shorten the prompt, or name fewer layers or templates"
         )
-        errors.append(_error(loc, msg, "edit_too_costly"))
+        errors.append(error(loc, msg, "edit_too_costly"))
 
 
 def validate_edit_request(raw: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
@@ -202,27 +205,26 @@ def validate_edit_request(raw: Mapping[str, Any], limits: Limits) -> dict[str, A
     except ValidationError as exc:
         raise InvalidRequest(_pydantic_errors(exc, prefix)) from None
     errors: list[dict[str, Any]] = []
-    for name in ("prompt", "hop1_phrase", "bridge", "answer"):
-        _check_text(getattr(req, name), (*prefix, name), limits, errors)
-    _check_hop1(req.prompt, req.hop1_phrase, (*prefix, "hop1_phrase"), errors)
+    _check_query_texts(req.model_dump(), prefix, limits, errors)
+    check_hop1(req.prompt, req.hop1_phrase, (*prefix, "hop1_phrase"), errors)
     for i, question in enumerate(req.paraphrases):
-        _check_text(question, (*prefix, "paraphrases", i), limits, errors)
+        check_text(question, (*prefix, "paraphrases", i), limits, errors)
     for name in ("answer_aliases", "bridge_aliases"):
         values = getattr(req, name)
         if len(values) > MAX_ALIASES:
-            errors.append(_error((*prefix, name), f"at most {MAX_ALIASES} aliases (got {len(values)})", "too_long"))
+            errors.append(error((*prefix, name), f"at most {MAX_ALIASES} aliases (got {len(values)})", "too_long"))
         for i, alias in enumerate(values):
-            _check_text(alias, (*prefix, name, i), limits, errors)
+            check_text(alias, (*prefix, name, i), limits, errors)
     if isinstance(req.templates, list):
         _check_templates(req.templates, (*prefix, "templates"), limits, errors)
     for name in ("generalization", "specificity"):
         for i, probe in enumerate(getattr(req, name)):
-            _check_text(probe.prompt, (*prefix, name, i, "prompt"), limits, errors)
-            _check_text(probe.answer, (*prefix, name, i, "answer"), limits, errors)
+            check_text(probe.prompt, (*prefix, name, i, "prompt"), limits, errors)
+            check_text(probe.answer, (*prefix, name, i, "answer"), limits, errors)
     total = len(req.paraphrases) + len(req.generalization) + len(req.specificity)
     what = "evaluation queries (paraphrases + generalization + specificity)"
-    _check_count(total, prefix, what, limits, errors)
-    _check_layers(req.layers, (*prefix, "layers"), limits, errors)
+    check_count(total, prefix, what, limits, errors)
+    check_layers(req.layers, (*prefix, "layers"), limits, errors)
     if not errors:
         _check_edit_cost(req, prefix, limits, errors)
     if errors:
@@ -230,57 +232,56 @@ def validate_edit_request(raw: Mapping[str, Any], limits: Limits) -> dict[str, A
     return req.model_dump(mode="json")
 
 
-def _check_case(case: Mapping[str, Any], loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
+def check_case(case: Mapping[str, Any], loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
     for name in CASE_TEXT_FIELDS:
         if name not in case:
-            errors.append(_error((*loc, name), "Field required", "missing"))
+            errors.append(error((*loc, name), "Field required", "missing"))
         else:
-            _check_text(case[name], (*loc, name), limits, errors)
+            check_text(case[name], (*loc, name), limits, errors)
     questions = case.get("questions", [])
     if not isinstance(questions, list):
-        errors.append(_error((*loc, "questions"), "Input should be a valid list", "list_type"))
+        errors.append(error((*loc, "questions"), "Input should be a valid list", "list_type"))
     else:
         for i, question in enumerate(questions):
-            _check_text(question, (*loc, "questions", i), limits, errors)
+            check_text(question, (*loc, "questions", i), limits, errors)
     for name in ("generalization", "specificity"):
         probes = case.get(name, [])
         if not isinstance(probes, list):
-            errors.append(_error((*loc, name), "Input should be a valid list", "list_type"))
+            errors.append(error((*loc, name), "Input should be a valid list", "list_type"))
             continue
         for i, probe in enumerate(probes):
             if not isinstance(probe, Mapping):
-                errors.append(_error((*loc, name, i), "Input should be a valid dictionary", "dict_type"))
+                errors.append(error((*loc, name, i), "Input should be a valid dictionary", "dict_type"))
                 continue
             for key in ("cloze", "answer"):
-                _check_text(probe.get(key), (*loc, name, i, key), limits, errors)
+                check_text(probe.get(key), (*loc, name, i, key), limits, errors)
 
 
-def validate_payload(kind: str, raw: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
-    """The payload to store for a job of ``kind`` (not ``edit``), or :class:`InvalidRequest`."""
-    if kind == "edit" or kind not in PAYLOADS:
-        raise ValueError(f"not a payload kind for submit_job: {kind!r}")
+def validate_payload(kind: JobKind, raw: Mapping[str, Any], limits: Limits) -> dict[str, Any]:
+    """The payload to store for a job of ``kind`` (not an edit), or :class:`InvalidRequest` with every error."""
+    if kind.family == "edit":
+        raise ValueError("an edit is validated by validate_edit_request")
     prefix: Loc = ("body",)
     try:
-        payload = PAYLOADS[kind].model_validate(dict(raw))
+        payload = kind.payload.model_validate(dict(raw))
     except ValidationError as exc:
         raise InvalidRequest(_pydantic_errors(exc, prefix)) from None
     data = payload.model_dump(mode="json")
     errors: list[dict[str, Any]] = []
-    for name in ("prompt", "hop1_phrase", "bridge", "answer"):
-        if name in data:
-            _check_text(data[name], (*prefix, name), limits, errors)
-    if kind == "locate":
-        _check_hop1(data["prompt"], data["hop1_phrase"], (*prefix, "hop1_phrase"), errors)
+    _check_query_texts(data, prefix, limits, errors)
     for name in ("targets", "answers"):
         for i, text in enumerate(data.get(name, [])):
-            _check_text(text, (*prefix, name, i), limits, errors)
-        _check_count(len(data.get(name, [])), (*prefix, name), name, limits, errors)
-    if kind == "intervention":
-        _check_layers(data["layers"], (*prefix, "layers"), limits, errors)
-    if kind == "compositionality":
-        _check_count(len(data["cases"]), (*prefix, "cases"), "cases", limits, errors)
-        for i, case in enumerate(data["cases"]):
-            _check_case(case, (*prefix, "cases", i), limits, errors)
+            check_text(text, (*prefix, name, i), limits, errors)
+        check_count(len(data.get(name, [])), (*prefix, name), name, limits, errors)
+    if kind.check is not None:
+        kind.check(payload, prefix, limits, errors)
     if errors:
         raise InvalidRequest(errors)
     return data
+
+
+def _check_query_texts(data: Mapping[str, Any], loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
+    """The limits of the query's texts present in ``data`` (a bridge or answer left to inference is None)."""
+    for name in ("prompt", "hop1_phrase", "bridge", "answer"):
+        if data.get(name) is not None:
+            check_text(data[name], (*loc, name), limits, errors)

@@ -44,7 +44,7 @@ def _too_long(settings: Settings) -> str:
 
 
 BAD_EDITS: list[tuple[str, Any, str]] = [
-    ("missing answer", {k: v for k, v in EDIT_BODY.items() if k != "answer"}, "answer"),
+    ("empty answer", {**EDIT_BODY, "answer": ""}, "answer"),
     ("empty prompt", {**EDIT_BODY, "prompt": ""}, "prompt"),
     ("whitespace bridge", {**EDIT_BODY, "bridge": "   \t"}, "bridge"),
     ("hop1 not in prompt", {**EDIT_BODY, "hop1_phrase": "the river Nile"}, "hop1_phrase"),
@@ -218,3 +218,54 @@ def test_set_job_helper_marks_terminal(client: TestClient, factory: sessionmaker
     job_id = client.post("/v1/edits", json=EDIT_BODY).json()["job"]["id"]
     set_job(factory, job_id, "succeeded", result={"ok": True})
     assert client.get(f"/v1/jobs/{job_id}").json()["result"] == {"ok": True}
+
+
+def test_an_edit_without_bridge_and_answer_waits_for_the_worker_to_infer_them(
+    client: TestClient, factory: sessionmaker[Session]
+) -> None:
+    short = {"prompt": EDIT_BODY["prompt"], "hop1_phrase": EDIT_BODY["hop1_phrase"]}
+    response = client.post("/v1/edits", json=short)
+    assert response.status_code == 202, response.text
+    shown = client.get(response.json()["url"]).json()
+    assert (shown["bridge"], shown["answer"]) == (None, None)
+    assert shown["inferred"] == {"bridge": True, "answer": True}
+    with factory() as session:
+        edit = session.get(Edit, shown["id"])
+        assert edit is not None and (edit.bridge, edit.answer) == (None, None)
+        assert (edit.request["bridge"], edit.request["answer"]) == (None, None)
+        edit.bridge, edit.answer = "Japan", "Tokyo"  # as the worker stores them once inferred
+        session.commit()
+    shown = client.get(response.json()["url"]).json()
+    assert (shown["bridge"], shown["answer"], shown["inferred"]) == ("Japan", "Tokyo", {"bridge": True, "answer": True})
+
+    given = client.post("/v1/edits", json={**short, "bridge": "Japan"}).json()
+    assert client.get(given["url"]).json()["inferred"] == {"bridge": False, "answer": True}
+
+
+ANALYSIS_BODIES: list[tuple[str, dict[str, Any], int, str | None]] = [
+    ("locate", {"prompt": EDIT_BODY["prompt"], "hop1_phrase": EDIT_BODY["hop1_phrase"]}, 202, None),
+    ("intervention", {"prompt": EDIT_BODY["prompt"], "hop1_phrase": EDIT_BODY["hop1_phrase"]}, 202, None),
+    ("intervention", {"prompt": EDIT_BODY["prompt"], "bridge": "Japan"}, 422, "hop1_phrase"),
+    ("intervention", {"prompt": EDIT_BODY["prompt"], "hop1_phrase": "the river Nile"}, 422, "hop1_phrase"),
+]
+
+
+@pytest.mark.parametrize(("kind", "body", "status", "field"), ANALYSIS_BODIES)
+def test_analyses_infer_what_they_need_given_the_first_hop_phrase(
+    client: TestClient,
+    factory: sessionmaker[Session],
+    queue: InProcessQueue,
+    kind: str,
+    body: dict[str, Any],
+    status: int,
+    field: str | None,
+) -> None:
+    before = snapshot(factory, queue)
+    response = client.post(f"/v1/analyses/{kind}", json=body)
+    assert response.status_code == status, response.text
+    if field is not None:
+        assert [e["loc"] for e in response.json()["errors"]] == [["body", field]]
+        assert snapshot(factory, queue) == before
+    else:
+        job = client.get(response.json()["url"]).json()
+        assert job["payload"]["bridge"] is None and job["payload"]["answer"] is None

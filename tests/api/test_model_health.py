@@ -13,11 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
-from api.schemas import LogitLensJobOut
+from api.schemas import finished_job_model
 from service.db import utcnow
 from service.jobs import InProcessQueue
 from service.jobs.redis_queue import RedisQueue
 from service.settings import Settings
+from service.usecases.kinds import KINDS
 from tests.api.support import BASE_MODEL, EDIT_BODY, add_worker, compute_edit, set_job, snapshot
 from workers import Worker
 
@@ -91,7 +92,7 @@ def test_logit_lens_ranks_are_integers(embedded: tuple[TestClient, Worker]) -> N
     layers = response.json()["result"]["layers"]
     ranks = [stat["rank"] for layer in layers for stat in layer["targets"]]
     assert len(ranks) == 2 * len(layers) and all(type(rank) is int and rank >= 1 for rank in ranks)
-    assert LogitLensJobOut.model_validate_json(response.text).result is not None
+    assert finished_job_model(KINDS["logit-lens"]).model_validate_json(response.text).result is not None
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     assert schemas["LensTarget"]["properties"]["rank"]["type"] == "integer"
 

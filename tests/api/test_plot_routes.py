@@ -6,20 +6,18 @@ the app without a worker, where jobs stay queued until cancelled.
 
 from __future__ import annotations
 
-import io
 import xml.etree.ElementTree as ET
 from typing import Any
 
 import httpx
 from fastapi.testclient import TestClient
-from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.engine.inputs import default_band
 from service.keys import create_key
 from service.plots import token_label
 from tests.api.support import EDIT_BODY, compute_edit
-from tests.support import assert_problem
+from tests.support import assert_problem, png_size
 from workers import Worker
 
 WAIT = {"Prefer": "wait=60"}
@@ -39,10 +37,7 @@ def png(response: httpx.Response) -> tuple[int, int]:
     """The size of the PNG a response carries, after checking its type, signature and that it decodes."""
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
-    assert response.content[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(io.BytesIO(response.content)) as image:
-        image.load()
-        return image.size
+    return png_size(response.content)
 
 
 def svg_texts(response: httpx.Response) -> list[str]:

@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.orm import Session, sessionmaker
 
-from api import create_app
-from service.db import make_engine, make_session_factory
-from service.db.migrate import upgrade
-from service.jobs import InProcessQueue
 from service.keys import create_key, revoke_key
-from service.settings import Settings
-from tests.browser.support import WatchedPage, screenshot, serve
+from tests.browser.support import WatchedPage, screenshot
 from tests.engine.helpers import failing_case
-from tests.fixtures.models import cache_dir, load_smol
-from workers import Worker
+from tests.support.live import LiveService, live_service
 
 try:
     from playwright.sync_api import Browser, Locator, Page, expect
@@ -41,35 +33,11 @@ ANALYSIS_SECONDS = 120
 STEP_MS = 15_000
 
 
-@dataclass(frozen=True)
-class Service:
-    url: str
-    app: FastAPI
-    factory: sessionmaker[Session]
-
-
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     """``creme serve`` on the embedded default: SQLite, in-process queue and worker, uvicorn on loopback."""
-    db_url = f"sqlite:///{tmp_path_factory.mktemp('console') / 'creme.db'}"
-    upgrade(db_url)
-    settings = Settings(
-        database_url=db_url, cache_dir=cache_dir(), heartbeat_seconds=1, reconcile_seconds=1, worker_lease_seconds=30
-    )
-    lm = load_smol()  # a copy of its own: the worker changes its weights
-    engine, queue = make_engine(db_url), InProcessQueue()
-    factory = make_session_factory(engine)
-    worker = Worker(settings, lm, factory, queue, poll_seconds=0.2)
-    worker.start()
-    try:
-        assert worker.ready.wait(120), "the worker did not become ready"
-        app = create_app(settings, session_factory=factory, queue=queue, n_layers=lm.n_layers, tokenizer=lm.tokenizer)
-        with serve(app) as url:
-            yield Service(url, app, factory)
-    finally:
-        worker.stop()
-        queue.close()
-        engine.dispose()
+    with live_service(tmp_path_factory.mktemp("console")) as live:
+        yield live
 
 
 @pytest.fixture
@@ -83,7 +51,7 @@ def watched(browser: Browser) -> Iterator[WatchedPage]:
     context.close()
 
 
-def open_view(watched: WatchedPage, service: Service, route: str) -> Page:
+def open_view(watched: WatchedPage, service: LiveService, route: str) -> Page:
     page = watched.page
     page.goto(f"{service.url}/#/{route}")
     return page
@@ -100,7 +68,7 @@ def bridge_and_answer_are_required(app: FastAPI) -> bool:
     return "bridge" in required or "answer" in required
 
 
-def test_pages_render_offline(watched: WatchedPage, service: Service) -> None:
+def test_pages_render_offline(watched: WatchedPage, service: LiveService) -> None:
     page = open_view(watched, service, "edits")
     expect(page.get_by_role("heading", name="Edits")).to_be_visible()
     expect(page.get_by_label("Search")).to_be_visible()
@@ -124,7 +92,7 @@ def test_pages_render_offline(watched: WatchedPage, service: Service) -> None:
     watched.assert_clean()
 
 
-def test_the_form_shows_what_the_service_refuses(watched: WatchedPage, service: Service) -> None:
+def test_the_form_shows_what_the_service_refuses(watched: WatchedPage, service: LiveService) -> None:
     page = open_view(watched, service, "new")
     watched.expect_status(422)
     field(page, "Prompt").fill(CASE.compositional)
@@ -147,7 +115,7 @@ def test_the_form_shows_what_the_service_refuses(watched: WatchedPage, service: 
 
 
 def test_an_edit_from_the_form_is_applied_reverted_and_analysed(
-    browser: Browser, watched: WatchedPage, service: Service
+    browser: Browser, watched: WatchedPage, service: LiveService
 ) -> None:
     listing = WatchedPage(browser.new_page())  # a second tab on the list, which must follow the edit live
     listing.page.set_default_timeout(STEP_MS)
@@ -235,7 +203,7 @@ def test_an_edit_from_the_form_is_applied_reverted_and_analysed(
     listing.page.close()
 
 
-def test_locating_and_intervention_are_drawn(watched: WatchedPage, service: Service) -> None:
+def test_locating_and_intervention_are_drawn(watched: WatchedPage, service: LiveService) -> None:
     page = open_view(watched, service, "analyses?kind=locate")
     field(page, "Prompt").fill(CASE.compositional)
     field(page, "First-hop phrase").fill(CASE.hop1_phrase)
@@ -265,7 +233,7 @@ def test_locating_and_intervention_are_drawn(watched: WatchedPage, service: Serv
     watched.assert_clean()
 
 
-def test_a_key_is_asked_for_on_401_and_sent_as_bearer(watched: WatchedPage, service: Service) -> None:
+def test_a_key_is_asked_for_on_401_and_sent_as_bearer(watched: WatchedPage, service: LiveService) -> None:
     with service.factory() as session:
         key, token = create_key(session, "console-test", ["read"])
     try:

@@ -10,8 +10,9 @@ import pytest
 from service.db import make_engine, make_session_factory
 from service.db.migrate import upgrade
 from service.jobs import InProcessQueue
-from tests.browser.support import WatchedPage, screenshot, serve
+from tests.browser.support import WatchedPage, screenshot
 from tests.fixtures.app import api_settings, build_app
+from tests.support.live import serve
 
 try:
     from playwright.sync_api import Browser

@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, insert, inspect, select
 
-from service.db import Base, Worker, make_engine, utcnow
+from service.db import Base, Edit, Worker, make_engine, utcnow
 from service.db.migrate import current_revision, downgrade, head_revision, script_location, upgrade
 
 
@@ -31,7 +31,7 @@ def _diffs(url: str, metadata: MetaData) -> list[object]:
 def test_script_location_is_the_migrations_package() -> None:
     assert (script_location() / "env.py").is_file()
     assert (script_location() / "script.py.mako").is_file()
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
 
 
 def test_upgrade_from_empty_creates_all_tables(empty_url: str) -> None:
@@ -92,6 +92,50 @@ def test_0003_adds_the_depth_workers_register_and_keeps_their_rows(empty_url: st
         assert "n_layers" not in {c["name"] for c in inspect(engine).get_columns("workers")}
         with engine.connect() as conn:
             assert conn.execute(select(Worker.__table__.c.id)).scalars().all() == ["w1"]
+    finally:
+        engine.dispose()
+
+
+def _edit_row(edit_id: str, bridge: str | None, answer: str | None) -> dict[str, object]:
+    return {
+        "id": edit_id,
+        "status": "pending",
+        "prompt": "p",
+        "hop1_phrase": "p",
+        "bridge": bridge,
+        "answer": answer,
+        "request": {},
+        "layers": [],
+        "method": "auto",
+        "apply_policy": "if_safe",
+        "base_model": "m",
+        "base_fingerprint": "",
+        "created_at": utcnow(),
+        "updated_at": utcnow(),
+    }
+
+
+def test_0004_lets_bridge_and_answer_wait_for_inference_and_keeps_the_edits(empty_url: str) -> None:
+    upgrade(empty_url, "0003")
+    engine = make_engine(empty_url)
+    edits = Edit.__table__
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(edits).values(**_edit_row("given", "Japan", "Tokyo")))
+        assert not any(c["nullable"] for c in inspect(engine).get_columns("edits") if c["name"] in ("bridge", "answer"))
+
+        upgrade(empty_url, "0004")
+        assert all(c["nullable"] for c in inspect(engine).get_columns("edits") if c["name"] in ("bridge", "answer"))
+        with engine.begin() as conn:  # a request without them: NULL until the worker infers them
+            conn.execute(insert(edits).values(**_edit_row("inferred", None, None)))
+            rows = conn.execute(select(edits.c.id, edits.c.bridge, edits.c.answer).order_by(edits.c.id)).all()
+        assert rows == [("given", "Japan", "Tokyo"), ("inferred", None, None)]
+
+        downgrade(empty_url, "0003")  # values never inferred become empty texts
+        assert not any(c["nullable"] for c in inspect(engine).get_columns("edits") if c["name"] in ("bridge", "answer"))
+        with engine.connect() as conn:
+            rows = conn.execute(select(edits.c.id, edits.c.bridge, edits.c.answer).order_by(edits.c.id)).all()
+        assert rows == [("given", "Japan", "Tokyo"), ("inferred", "", "")]
     finally:
         engine.dispose()
 

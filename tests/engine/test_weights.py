@@ -11,7 +11,7 @@ from service.engine.creme import CompositionalQuery, compute_edit
 from service.engine.delta import EditDelta, InvalidDeltaError, delta_from_bytes, sha256_hex
 from service.engine.loading import LoadedModel
 from service.engine.prompts import encode
-from service.engine.weights import WeightState
+from service.engine.weights import WeightState, content_key
 from tests.engine.helpers import failing_case
 
 
@@ -52,7 +52,7 @@ def test_edited_weight_is_pristine_plus_float32_sum(smol: LoadedModel, deltas: l
     pristine = smol.adapter.out_proj_module(smol.model, 12).weight.detach().clone()
     weights.set_active([("a", deltas[0]), ("b", deltas[1])])
     try:
-        layer12 = [next(f for f in delta.factors if f.layer == 12) for delta in deltas]
+        layer12 = sorted((next(f for f in d.factors if f.layer == 12) for d in deltas), key=content_key)
         stacked_r = torch.cat([f.r for f in layer12], dim=1)
         stacked_u = torch.cat([f.u for f in layer12], dim=1)
         expected = pristine.float() + stacked_r @ stacked_u.T

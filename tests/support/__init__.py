@@ -1,13 +1,15 @@
-"""Helpers every suite shares: waiting for a condition, and checking a problem+json response."""
+"""Helpers every suite shares: waiting for a condition, checking a problem+json response, decoding a PNG."""
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
+from PIL import Image
 
 PROBLEM = "application/problem+json"
 PROBLEM_TYPES = "https://creme.dev/problems/"
@@ -49,3 +51,11 @@ def assert_problem(response: httpx.Response, status: int, slug: str | None = Non
     for leak in LEAKS:
         assert leak not in response.text, response.text
     return body
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of PNG ``data``, after checking its signature and decoding it."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.size

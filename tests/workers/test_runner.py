@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import update
 
 from service.db import Edit, Job
@@ -15,12 +16,14 @@ from service.engine.loading import LoadedModel
 from service.engine.weights import WeightState
 from service.jobs import InProcessQueue
 from service.settings import Settings
+from service.usecases.kinds import KINDS
+from service.usecases.validation import EditRequest
 from tests.workers.support import CASE, Factory, add_edit, add_job
 from workers.claims import claim
 from workers.context import JobContext, json_safe, problem_for
 from workers.edit_job import eval_sets
 from workers.reconcile import Reconciler
-from workers.runner import run_job
+from workers.runner import HANDLERS, check_handlers, handles, run_job
 
 ANALYSES = {
     "logit-lens": {"prompt": CASE["prompt"], "targets": ["India", "Asia"], "top_k": 3},
@@ -64,12 +67,14 @@ def test_analysis_jobs_return_json(factory: Factory, tiny_pair: tuple[LoadedMode
 
 
 def test_eval_sets_from_an_edit_request() -> None:
-    sets = eval_sets("P", "A", {"paraphrases": ["Q1?"], "generalization": [{"prompt": "G", "answer": "g"}]})
+    generalization = [{"prompt": "G", "answer": "g"}]
+    request = {"prompt": "P", "hop1_phrase": "P", "paraphrases": ["Q1?"], "generalization": generalization}
+    sets = eval_sets(EditRequest.model_validate(request), "A")
     assert [p.prompt for p in sets.correction] == ["P"]
     assert sets.paraphrase[0].prompt == PARAPHRASE_FRAME.format(question="Q1?") and sets.paraphrase[0].answer == "A"
     assert sets.generalization[0].answer == "g" and sets.specificity == ()
-    with pytest.raises(ValueError):
-        eval_sets("P", "A", {"specificity": [{"prompt": "S"}]})
+    with pytest.raises(ValidationError):  # the runner parses the stored request with the gateway's model
+        EditRequest.model_validate({**request, "specificity": [{"prompt": "S"}]})
 
 
 def test_helpers(tiny_pair: tuple[LoadedModel, LoadedModel]) -> None:
@@ -143,3 +148,14 @@ def test_if_safe_applies_only_a_safe_edit(
     finally:
         weights.set_active([])
         queue.close()
+
+
+def test_every_declared_kind_has_exactly_one_handler() -> None:
+    assert sorted(HANDLERS) == sorted(KINDS)
+    with pytest.raises(ValueError, match="already has a handler"):
+        handles("locate")(lambda job, payload, ctx: {})
+    with pytest.raises(LookupError, match="not a declared job kind"):
+        handles("rome")(lambda job, payload, ctx: {})
+    assert sorted(HANDLERS) == sorted(KINDS)  # a refused registration changes nothing
+    with pytest.raises(RuntimeError, match=r"without a handler: \['score'\]"):
+        check_handlers({kind: handler for kind, handler in HANDLERS.items() if kind != "score"})

@@ -20,8 +20,14 @@ const KINDS = {
     body: (v) => ({ prompt: v.prompt, hop1_phrase: v.hop1_phrase, bridge: v.bridge, answer: v.answer }),
   },
   intervention: {
-    fields: ["prompt", "bridge", "answer", "layers"],
-    body: (v) => ({ prompt: v.prompt, bridge: v.bridge, answer: v.answer, layers: layersField(v.layers) }),
+    fields: ["prompt", "hop1_phrase", "bridge", "answer", "layers"],
+    body: (v) => ({
+      prompt: v.prompt,
+      hop1_phrase: v.hop1_phrase,
+      bridge: v.bridge,
+      answer: v.answer,
+      layers: layersField(v.layers),
+    }),
   },
 };
 
@@ -33,8 +39,8 @@ const FIELDS = [
     hint: "Comma-separated words whose probability each layer shows, e.g. Japan, Tokyo.",
   },
   { name: "hop1_phrase", label: "First-hop phrase" },
-  { name: "bridge", label: "Bridge entity" },
-  { name: "answer", label: "Answer" },
+  { name: "bridge", label: "Bridge entity", hint: "Empty: the model infers it from the first-hop phrase." },
+  { name: "answer", label: "Answer", hint: "Empty: the model infers it from the first-hop phrase." },
   { name: "layers", label: "Layers", hint: "e.g. 10-20. Empty: every layer." },
 ];
 
