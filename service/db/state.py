@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +20,15 @@ from sqlalchemy.orm.attributes import set_committed_value
 from service.db.models import Edit, ModelState, StateEvent, StoredDelta, utcnow
 
 APPLICABLE_STATUSES = ("computed", "reverted")
+
+
+class Request(TypedDict, total=False):
+    """Who asks for a transition and how: the optional arguments of :func:`apply_edit` and :func:`revert_edit`."""
+
+    expected_version: int | None
+    actor: str | None
+    idempotency_key: str | None
+    request_hash: str | None
 
 
 class StateError(Exception):
@@ -102,12 +111,10 @@ def _transition(
     allowed: Sequence[str],
     new_status: str,
     new_active: Callable[[list[str]], list[str]],
-    expected_version: int | None,
-    actor: str | None,
-    idempotency_key: str | None,
-    request_hash: str | None,
     error: dict[str, Any] | None = None,
+    **request: Unpack[Request],
 ) -> ModelState:
+    expected_version = request.get("expected_version")
     try:
         edit = session.get(Edit, edit_id, populate_existing=True)
         if edit is None:
@@ -139,10 +146,10 @@ def _transition(
                 version=read_version + 1,
                 action=action,
                 edit_id=edit_id,
-                actor=actor,
+                actor=request.get("actor"),
                 created_at=now,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
+                idempotency_key=request.get("idempotency_key"),
+                request_hash=request.get("request_hash"),
             )
         )
         session.commit()
@@ -211,16 +218,7 @@ def _set_edit_status(
         raise StateConflict(f"edit {edit_id} changed status concurrently")
 
 
-def apply_edit(
-    session: Session,
-    base_model: str,
-    edit_id: str,
-    *,
-    expected_version: int | None = None,
-    actor: str | None = None,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
-) -> ModelState:
+def apply_edit(session: Session, base_model: str, edit_id: str, **request: Unpack[Request]) -> ModelState:
     """Append a computed or reverted edit to the active list and bump the version (one transaction).
 
     Raises :class:`NotFound`, :class:`StateConflict` (wrong status, other base model, no delta) or
@@ -231,31 +229,12 @@ def apply_edit(
     def add(active: list[str]) -> list[str]:
         return [*(e for e in active if e != edit_id), edit_id]
 
-    return _transition(
-        session,
-        base_model,
-        edit_id,
-        action="apply",
-        allowed=APPLICABLE_STATUSES,
-        new_status="applied",
-        new_active=add,
-        expected_version=expected_version,
-        actor=actor,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-    )
+    rule = {"action": "apply", "allowed": APPLICABLE_STATUSES, "new_status": "applied", "new_active": add}
+    return _transition(session, base_model, edit_id, **rule, **request)
 
 
 def revert_edit(
-    session: Session,
-    base_model: str,
-    edit_id: str,
-    *,
-    expected_version: int | None = None,
-    actor: str | None = None,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
-    error: dict[str, Any] | None = None,
+    session: Session, base_model: str, edit_id: str, *, error: dict[str, Any] | None = None, **request: Unpack[Request]
 ) -> ModelState:
     """Remove an applied edit from the active list and bump the version (one transaction).
 
@@ -267,17 +246,6 @@ def revert_edit(
     def remove(active: list[str]) -> list[str]:
         return [e for e in active if e != edit_id]
 
-    return _transition(
-        session,
-        base_model,
-        edit_id,
-        action="revert",
-        allowed=("applied",),
-        new_status="reverted" if error is None else "failed",
-        new_active=remove,
-        expected_version=expected_version,
-        actor=actor,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        error=error,
-    )
+    status = "reverted" if error is None else "failed"
+    rule = {"action": "revert", "allowed": ("applied",), "new_status": status, "new_active": remove}
+    return _transition(session, base_model, edit_id, error=error, **rule, **request)

@@ -154,8 +154,11 @@ def api_schema(fuzz_factory: sessionmaker[Session]) -> Iterator[BaseSchema]:
         if not isinstance(body, dict):
             return st.just(body)
         mended = dict(body)
-        if isinstance(body.get("prompt"), str) and isinstance(body.get("hop1_phrase"), str):
-            mended["prompt"] = f"{body['prompt']} {body['hop1_phrase']}"  # the hop-1 phrase occurs in the prompt
+        path = getattr(getattr(context, "operation", None), "path", "")
+        if path.endswith("/intervention") and not isinstance(body.get("hop1_phrase"), str):
+            mended["hop1_phrase"] = "Japan"  # without bridge and answer, an intervention needs a first-hop phrase
+        if isinstance(mended.get("prompt"), str) and isinstance(mended.get("hop1_phrase"), str):
+            mended["prompt"] = f"{mended['prompt']} {mended['hop1_phrase']}"  # the hop-1 phrase occurs in the prompt
         if isinstance(body.get("cases"), list):
             mended["cases"] = [CASE]  # the schema leaves a case's fields open
         return st.sampled_from([body, mended])
