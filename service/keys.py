@@ -61,6 +61,14 @@ def scope_allows(scopes: Iterable[str], needed: str) -> bool:
     return bool(ranks) and max(ranks) >= SCOPE_RANK[needed]
 
 
+def _new_token() -> str:
+    """A random key whose display prefix does not start with "-" (a command line would read it as an option)."""
+    while True:
+        token = KEY_PREFIX + secrets.token_urlsafe(32)
+        if not display_prefix(token).startswith("-"):
+            return token
+
+
 def create_key(session: Session, name: str, scopes: Iterable[str]) -> tuple[ApiKey, str]:
     """Store a new key (committed) and return it with its plaintext, which is not kept anywhere."""
     name = name.strip()
@@ -68,7 +76,7 @@ def create_key(session: Session, name: str, scopes: Iterable[str]) -> tuple[ApiK
         raise ValueError("a key needs a name")
     normalized = normalize_scopes(scopes)
     for _ in range(3):  # a clash of 32 random bytes is practically impossible; of display prefixes, rare
-        token = KEY_PREFIX + secrets.token_urlsafe(32)
+        token = _new_token()
         prefix = display_prefix(token)
         clash = session.scalar(select(ApiKey.id).where(ApiKey.prefix == prefix))
         if clash is None:

@@ -50,6 +50,13 @@ def test_keys_are_random(factory: sessionmaker[Session]) -> None:
         assert len({k.prefix for k in list_keys(session)}) == 5
 
 
+def test_no_display_prefix_starts_with_a_dash(factory: sessionmaker[Session]) -> None:
+    """`creme keys revoke PREFIX` must not read a prefix as an option (1 in 64 random prefixes would)."""
+    with factory() as session:
+        prefixes = [create_key(session, f"k{i}", ["read"])[0].prefix for i in range(300)]
+    assert not [p for p in prefixes if p.startswith("-")]
+
+
 def test_create_refuses_unknown_or_no_scopes_and_blank_names(factory: sessionmaker[Session]) -> None:
     with factory() as session:
         with pytest.raises(ValueError, match="unknown scope"):
