@@ -14,7 +14,7 @@ from api.docs import install_docs
 from api.errors import install_problem_handlers
 from api.metrics import Metrics
 from api.middleware import AccessLogMiddleware, BodyLimitMiddleware, HeadMiddleware, MetricsMiddleware
-from api.routers import analyses, edits, health, jobs, model, query
+from api.routers import analyses, edits, health, jobs, model, query, transfer
 from api.schemas import problems
 from service.jobs.queue import JobQueue
 from service.settings import Settings
@@ -53,14 +53,16 @@ def create_app(
     app.state.session_factory = session_factory
     app.state.queue = queue
     app.state.n_layers = n_layers
-    app.state.limits = Limits.from_settings(settings, n_layers, TokenCounter(settings, tokenizer))
+    counter = TokenCounter(settings.model, settings.cache_dir, tokenizer)
+    app.state.limits = Limits.from_settings(settings, n_layers, counter)
+    app.state.token_counters = {settings.model: counter}  # one per model named in a request
     app.state.metrics = Metrics(
         session_factory, queue, base_model=settings.model, lease_seconds=settings.worker_lease_seconds
     )
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeadMiddleware)
-    protected = (edits.router, jobs.router, analyses.router, query.router, model.router)
+    protected = (transfer.router, edits.router, jobs.router, analyses.router, query.router, model.router)
     for router in protected:  # their AuthorizedRoute checks the key; the bearer dependency documents it
         app.include_router(router, dependencies=[Depends(bearer)], responses=problems(401, 403))
     app.include_router(health.router)  # /healthz, /readyz, /metrics: open, like /docs and /openapi.json

@@ -18,7 +18,7 @@ from api.errors import RETRY_AFTER_SECONDS, ProblemError
 from service.jobs.queue import JobQueue
 from service.settings import Settings
 from service.usecases.jobs import scoped_idempotency_key
-from service.usecases.model import model_status
+from service.usecases.model import model_status, resolve_model
 from service.usecases.validation import Limits
 
 if TYPE_CHECKING:
@@ -55,17 +55,36 @@ def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue  # type: ignore[no-any-return]
 
 
-def limits_for(request: Request, session: Session) -> Limits:
-    """The app's limits, with the model's depth as its live workers registered it if the app does not know it."""
+def limits_for(request: Request, session: Session, model: str | None = None) -> Limits:
+    """The limits for the jobs of ``model`` (default: the gateway's), bounded by that model's depth and tokens.
+
+    The depth is the loaded model's when the gateway holds it, else what the model's live workers
+    registered (None with none: layers are then accepted and the job waits).
+    """
     limits: Limits = request.app.state.limits
-    if limits.n_layers is not None:
-        return limits
+    if model is None or model == limits.model:
+        if limits.n_layers is not None:
+            return limits
+        model = limits.model
     settings = get_settings(request)
-    return replace(limits, n_layers=model_status(session, settings.model, settings.worker_lease_seconds).n_layers)
+    counters: dict[str, TokenCounter] = request.app.state.token_counters
+    counter = counters.setdefault(model, TokenCounter(model, settings.cache_dir))
+    depth = model_status(session, model, settings.worker_lease_seconds).n_layers
+    return replace(limits, model=model, n_layers=depth, count_tokens=counter)
+
+
+def model_limits(request: Request, session: Session, requested: str | None, loc: tuple[str, ...]) -> Limits:
+    """The limits for the model a request names (``requested`` at ``loc``), resolved by
+    :func:`service.usecases.model.resolve_model`."""
+    settings = get_settings(request)
+    model = resolve_model(
+        session, requested, default=settings.model, lease_seconds=settings.worker_lease_seconds, loc=loc
+    )
+    return limits_for(request, session, model)
 
 
 def get_limits(request: Request) -> Limits:
-    """:func:`limits_for` in a session of its own (FastAPI runs this on the thread pool)."""
+    """:func:`limits_for` the gateway's model in a session of its own (FastAPI runs this on the thread pool)."""
     with get_factory(request)() as session:
         return limits_for(request, session)
 
@@ -74,15 +93,15 @@ class TokenCounter:
     """Counts the tokens of a text with the model's tokenizer, never one a worker thread also uses.
 
     That is a private copy of ``tokenizer`` when given (the model is loaded in this process), else the
-    tokenizer of ``settings.model`` alone, loaded on first use and kept for the process. A tokenizer
-    that cannot be loaded is a ``503`` problem, and the next request tries again.
+    tokenizer of ``model`` alone, loaded on first use and kept for the process. A tokenizer that
+    cannot be loaded is a ``503`` problem, and the next request tries again.
     """
 
     _loaded: ClassVar[dict[tuple[str, Path], PreTrainedTokenizerBase]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()  # one load; a Rust tokenizer is not shared by threads
 
-    def __init__(self, settings: Settings, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
-        self.key = (settings.model, settings.cache_dir)
+    def __init__(self, model: str, cache_dir: Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        self.key = (model, cache_dir)
         self.tokenizer = copy.deepcopy(tokenizer) if tokenizer is not None else None
 
     def __call__(self, text: str) -> int:
@@ -101,8 +120,9 @@ class TokenCounter:
             log.error("cannot load the tokenizer of %s: %s: %s", model, type(exc).__name__, exc)
             raise ProblemError(
                 503,
-                f"the gateway cannot load the tokenizer of CREME_MODEL={model!r} to count the tokens of "
-                f"the request ({type(exc).__name__}); it needs the model directory, read-only",
+                f"the gateway cannot load the tokenizer of model {model!r} to count the tokens of the "
+                f"request ({type(exc).__name__}); it needs the model's directory (CREME_MODEL, or the one a "
+                "request names), read-only",
                 slug="tokenizer-unavailable",
                 title="Tokenizer unavailable",
                 headers={"Retry-After": RETRY_AFTER_SECONDS},

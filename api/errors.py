@@ -19,6 +19,7 @@ from service.usecases.errors import (
     ConflictError,
     IdempotencyConflict,
     InvalidRequest,
+    ModelUnavailable,
     NotFoundError,
     PreconditionFailed,
     QueueFull,
@@ -191,6 +192,17 @@ def _unavailable(request: Request, slug: str, what: str) -> JSONResponse:
     )
 
 
+async def _on_model_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return problem_response(
+        503,
+        str(exc),
+        slug="model-unavailable",
+        title="Model unavailable",
+        instance=_instance(request),
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
 async def _on_database(request: Request, exc: Exception) -> JSONResponse:
     log.error("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
     return _unavailable(request, "database", "database")
@@ -217,6 +229,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PreconditionFailed, _on_precondition)
     app.add_exception_handler(IdempotencyConflict, _on_idempotency)
     app.add_exception_handler(QueueFull, _on_queue_full)
+    app.add_exception_handler(ModelUnavailable, _on_model_unavailable)
     for db_error in (OperationalError, InterfaceError, PoolTimeoutError):
         app.add_exception_handler(db_error, _on_database)
     app.add_exception_handler(QueueUnavailable, _on_queue)

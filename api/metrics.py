@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs.queue import JobQueue, QueueUnavailable
 from service.usecases.jobs import job_counts, job_duration_stats
-from service.usecases.model import model_status
+from service.usecases.model import model_status, served_models
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,10 @@ JOB_DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 
 
 class _StateCollector:
-    """Reads the queue depth, job counts and durations, and the model state when scraped."""
+    """Reads job counts and durations, and each model's queue depth and state, when scraped.
+
+    The models are the gateway's own and those served.
+    """
 
     def __init__(self, factory: sessionmaker[Session], queue: JobQueue, base_model: str, lease_seconds: float) -> None:
         self.factory = factory
@@ -34,19 +37,24 @@ class _StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         try:
-            depth = GaugeMetricFamily("creme_queue_depth", "Job ids queued or pending in the queue transport.")
-            depth.add_metric([], float(self.queue.depth()))
-            yield depth
-        except QueueUnavailable as exc:
-            log.warning("metrics: queue depth unavailable: %s", exc)
-        try:
             with self.factory() as session:
                 counts = job_counts(session)
                 durations = job_duration_stats(session, JOB_DURATION_BUCKETS)
-                status = model_status(session, self.base_model, self.lease_seconds)
+                statuses = served_models(session, self.lease_seconds)
+                if self.base_model not in {s.base_model for s in statuses}:
+                    statuses.insert(0, model_status(session, self.base_model, self.lease_seconds))
         except SQLAlchemyError as exc:
             log.warning("metrics: database unavailable: %s", type(exc).__name__)
             return
+        try:
+            depth = GaugeMetricFamily(
+                "creme_queue_depth", "Job ids queued or pending in a model's queue.", labels=["base_model"]
+            )
+            for status in statuses:
+                depth.add_metric([status.base_model], float(self.queue.for_model(status.base_model).depth()))
+            yield depth
+        except QueueUnavailable as exc:
+            log.warning("metrics: queue depth unavailable: %s", exc)
         jobs = GaugeMetricFamily("creme_jobs", "Jobs in the database by kind and status.", labels=["kind", "status"])
         for (kind, job_status), n in sorted(counts.items()):
             jobs.add_metric([kind, job_status], float(n))
@@ -62,10 +70,11 @@ class _StateCollector:
             hist.add_metric([kind, job_status], buckets, total)
         yield hist
         version = GaugeMetricFamily("creme_state_version", "Desired model-state version.", labels=["base_model"])
-        version.add_metric([self.base_model], float(status.state_version))
-        yield version
         live = GaugeMetricFamily("creme_live_workers", "Workers with a fresh heartbeat.", labels=["base_model"])
-        live.add_metric([self.base_model], float(len(status.live_workers)))
+        for status in statuses:
+            version.add_metric([status.base_model], float(status.state_version))
+            live.add_metric([status.base_model], float(len(status.live_workers)))
+        yield version
         yield live
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, Literal
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from service.db.models import Edit, Job, StateEvent
@@ -31,8 +32,19 @@ class Problem(BaseModel):
     instance: str | None = None
 
 
+MODEL_FIELD = "The base model (as `GET /v1/models` names it); may be left out while exactly one model is served."
+MODEL_NAME: dict[str, Any] = {"min_length": 1, "max_length": 255, "pattern": r"^[^\x00-\x1f\x7f]+$"}  # no control chars
+
+
+def model_query(description: str) -> Any:
+    """The ``model`` query parameter of a read: a model name, or nothing."""
+    return Query(description=description, **MODEL_NAME)
+
+
 class EditCreate(EditRequest):
     """``POST /v1/edits``: a failing two-hop query to patch."""
+
+    model: str | None = Field(None, description=MODEL_FIELD, **MODEL_NAME)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -126,6 +138,9 @@ class EditOut(BaseModel):
     applied_at: datetime | None
     reverted_at: datetime | None
     job_id: str | None
+    imported: dict[str, Any] | None = Field(
+        None, description="For an edit imported from a delta file: its sha256, size and family."
+    )
     history: list[EditEvent] = Field(description="Every apply and revert of the edit, oldest first.")
 
 
@@ -159,6 +174,7 @@ class JobOut(BaseModel):
 
     id: str
     kind: KindName
+    base_model: str = Field(description="The model whose workers run it.")
     status: JobStatus
     url: str
     payload: dict[str, Any]
@@ -194,17 +210,29 @@ class WorkerOut(BaseModel):
     weights_checksum: str | None
     last_heartbeat: datetime
     alive: bool
+    n_layers: int | None
+    dtype: str | None
+    pristine_bytes: int | None = Field(description="Bytes of its copies of the layers edits touched.")
 
 
 class ModelOut(BaseModel):
-    """The desired model state and each worker's; ``converged`` iff every live worker is at it."""
+    """A base model: what it is, its desired state and each worker's; ``converged`` iff every live worker is at it."""
 
-    base_model: str
+    base_model: str = Field(description="The model's name: what requests give as `model`.")
+    served: bool = Field(description="Whether a live worker holds it.")
+    family: str | None = Field(description="Architecture family, as its live workers report it.")
+    dtype: str | None
+    n_layers: int | None = Field(description="Depth, as its live workers registered it.")
     fingerprint: str | None
     state_version: int
     active_edits: list[str]
+    pristine_bytes: int | None = Field(description="The most any live worker holds in pristine layer copies.")
     workers: list[WorkerOut]
     converged: bool
+
+
+class ModelList(BaseModel):
+    items: list[ModelOut]
 
 
 def edit_url(edit_id: str) -> str:
@@ -228,6 +256,14 @@ def finished_job_model(kind: JobKind) -> type[JobOut]:
     doc = f"A {kind.name} job; ``result`` once it succeeded."
     fields: Any = {"result": (kind.result | None, ...)}
     return create_model(f"{_camel(kind.name)}JobOut", __base__=JobOut, __doc__=doc, **fields)
+
+
+@cache
+def request_model(kind: JobKind) -> type[BaseModel]:
+    """What a job route takes: the kind's payload and the ``model`` it is for (e.g. ``LogitLensRequest``)."""
+    fields: Any = {"model": (str | None, Field(None, description=MODEL_FIELD, **MODEL_NAME))}
+    doc = kind.payload.__doc__ or f"A {kind.name} request."
+    return create_model(f"{_camel(kind.name)}Request", __base__=kind.payload, __doc__=doc, **fields)
 
 
 @cache
@@ -275,6 +311,7 @@ def edit_out(edit: Edit, history: Sequence[StateEvent]) -> EditOut:
         applied_at=edit.applied_at,
         reverted_at=edit.reverted_at,
         job_id=edit.job_id,
+        imported=request.get("imported"),
         history=[
             EditEvent(action=e.action, actor=e.actor, at=e.created_at, state_version=e.version)  # type: ignore[arg-type]
             for e in history
@@ -286,6 +323,7 @@ def job_out(job: Job) -> JobOut:
     return JobOut(
         id=job.id,
         kind=job.kind,  # type: ignore[arg-type]
+        base_model=job.base_model,
         status=job.status,  # type: ignore[arg-type]
         url=job_url(job),
         payload=job.payload or {},
@@ -304,9 +342,14 @@ def job_out(job: Job) -> JobOut:
 def model_out(status: ModelStatus) -> ModelOut:
     return ModelOut(
         base_model=status.base_model,
+        served=status.served,
+        family=status.family,
+        dtype=status.dtype,
+        n_layers=status.n_layers,
         fingerprint=status.fingerprint,
         state_version=status.state_version,
         active_edits=status.active_edits,
+        pristine_bytes=status.pristine_bytes,
         workers=[
             WorkerOut(
                 id=w.id,
@@ -317,6 +360,9 @@ def model_out(status: ModelStatus) -> ModelOut:
                 weights_checksum=w.weights_checksum,
                 last_heartbeat=w.last_heartbeat,
                 alive=w.alive,
+                n_layers=w.n_layers,
+                dtype=w.dtype,
+                pristine_bytes=w.pristine_bytes,
             )
             for w in status.workers
         ],

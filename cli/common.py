@@ -1,12 +1,34 @@
-"""What several ``creme`` commands share: the layer-band argument and how they print answers and metrics."""
+"""What several ``creme`` commands share: the service options, the layer-band argument and how they print
+answers and metrics."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from typing import Any
 
+from creme.client import Client
 from service.plots import SET_NAMES
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def service_options() -> argparse.ArgumentParser:
+    """The options of every command that talks to a running service (a parent parser)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--url", help=f"the service (default: $CREME_URL, else {DEFAULT_URL})")
+    options.add_argument("--api-key", help="an API key, creme_… (default: $CREME_API_KEY)")
+    options.add_argument("--model", help="the base model (needed once the service serves several)")
+    return options
+
+
+def service_client(args: argparse.Namespace, model: str | None = None) -> Client:
+    """A client of the service the options name, for ``--model`` (else ``model``)."""
+    url = args.url or os.environ.get("CREME_URL") or DEFAULT_URL
+    api_key = args.api_key or os.environ.get("CREME_API_KEY") or None
+    return Client(url, api_key=api_key, model=args.model or model)
+
 
 _SET_COLUMNS = (
     ("n", "n", "{:d}"),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cli.common import fmt_p, parse_layers, set_table
 from cli.remote import add_remote_commands
+from cli.transfer import add_transfer_commands
 from service.engine.judging import DEFAULT_RULE, JUDGE_RULES
 from service.engine.options import DEFAULT_METHOD, METHODS, TEMPLATE_SETS
 from service.logs import configure_logging
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=cmd_keys)
 
     add_remote_commands(sub)
+    add_transfer_commands(sub)
     return parser
 
 

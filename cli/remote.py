@@ -1,8 +1,9 @@
 """``creme edits ...`` and ``creme patch``: the command line of a running service, over the Python client.
 
-Every command takes ``--url`` (default ``$CREME_URL``, else http://127.0.0.1:8000) and ``--api-key``
-(default ``$CREME_API_KEY``). A problem the service answers with, or an unreachable service, is one
-line on stderr, ``creme <command>: <status> <title>: <detail>``, and exit code 1.
+Every command takes ``--url`` (default ``$CREME_URL``, else http://127.0.0.1:8000), ``--api-key``
+(default ``$CREME_API_KEY``) and ``--model`` (the base model, once the service serves several). A
+problem the service answers with, or an unreachable service, is one line on stderr,
+``creme <command>: <status> <title>: <detail>``, and exit code 1.
 """
 
 from __future__ import annotations
@@ -10,19 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from cli.common import first_line, fmt_p, parse_layers, set_table
+from cli.common import first_line, fmt_p, parse_layers, service_client, service_options, set_table
 from creme.client import Client, CremeError, Edit, Job, WaitTimeout
 from service.db.models import EDIT_STATUSES
 from service.engine.options import APPLY_POLICIES, METHODS
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_SECONDS = 0.5
 PATCH_WAIT = 300.0
 PROMPT_WIDTH = 56
@@ -137,6 +136,23 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(client: Client, args: argparse.Namespace) -> int:
+    models = client.models()
+    if args.json:
+        print(json.dumps([model.raw for model in models], indent=2, ensure_ascii=False))
+        return 0
+    print(f"{'model':<40}  {'served':<6}  {'family':<8}  {'dtype':<8}  {'layers':>6}  {'state':>5}  "
+          f"{'active':>6}  {'workers':>7}  {'pristine MiB':>12}")  # fmt: skip
+    for m in models:
+        live = sum(w.alive for w in m.workers)
+        pristine = "-" if m.pristine_bytes is None else f"{m.pristine_bytes / 2**20:.2f}"
+        print(
+            f"{m.base_model:<40}  {'yes' if m.served else 'no':<6}  {m.family or '-':<8}  {m.dtype or '-':<8}  "
+            f"{m.n_layers or '-':>6}  {m.state_version:>5}  {len(m.active_edits):>6}  {live:>7}  {pristine:>12}"
+        )
+    return 0
+
+
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
     edit = client.edit_by_id(args.id)
     print(json.dumps(edit.raw, indent=2, ensure_ascii=False) if args.json else "\n".join(describe(edit)))
@@ -193,10 +209,8 @@ def cmd_patch(client: Client, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace, _settings: object) -> int:
     """Run ``args.remote`` with a client of ``--url``; a problem becomes one line on stderr and exit code 1."""
-    url = args.url or os.environ.get("CREME_URL") or DEFAULT_URL
-    api_key = args.api_key or os.environ.get("CREME_API_KEY") or None
     try:
-        with Client(url, api_key=api_key) as client:
+        with service_client(args) as client:
             return args.remote(client, args)
     except CremeError as exc:
         print(f"creme {args.remote_name}: {exc}", file=sys.stderr)
@@ -204,10 +218,8 @@ def run(args: argparse.Namespace, _settings: object) -> int:
 
 
 def add_remote_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``edits`` (list, show, apply, revert) and ``patch`` to the subcommands ``sub``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help=f"the service (default: $CREME_URL, else {DEFAULT_URL})")
-    common.add_argument("--api-key", help="an API key, creme_… (default: $CREME_API_KEY)")
+    """Add ``edits`` (list, show, apply, revert), ``models`` and ``patch`` to the subcommands ``sub``."""
+    common = service_options()
 
     def command(parent: argparse._SubParsersAction, name: str, remote: RemoteCommand, summary: str) -> Any:
         parser = parent.add_parser(name.split()[-1], parents=[common], help=summary)
@@ -229,6 +241,9 @@ def add_remote_commands(sub: argparse._SubParsersAction) -> None:
         change = command(edits_sub, f"edits {action}", _change(action), summary=f"{what} the model state")
         change.add_argument("id")
         change.add_argument("--if-match", type=int, metavar="N", help="only if the model state is at version N")
+
+    models = command(sub, "models", cmd_models, summary="the base models a running service serves")
+    models.add_argument("--json", action="store_true", help="print the models as JSON")
 
     patch = command(sub, "patch", cmd_patch, summary="edit a failing two-hop prompt on a running service and wait")
     patch.add_argument("prompt", help="the two-hop prompt the model gets wrong")

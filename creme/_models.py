@@ -145,6 +145,9 @@ class WorkerState:
     weights_checksum: str | None = None
     last_heartbeat: datetime | None = None
     alive: bool = False
+    n_layers: int | None = None
+    dtype: str | None = None
+    pristine_bytes: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -154,11 +157,17 @@ class WorkerState:
 
 @dataclass(frozen=True)
 class ModelState:
-    """The desired model state (``state_version``, ``active_edits``) and each worker's; ``converged`` iff all match."""
+    """A base model: what it is, its desired state (``state_version``, ``active_edits``) and each worker's;
+    ``converged`` iff all match."""
 
     base_model: str
     state_version: int
+    served: bool = False
+    family: str | None = None
+    dtype: str | None = None
+    n_layers: int | None = None
     fingerprint: str | None = None
+    pristine_bytes: int | None = None
     active_edits: list[str] = field(default_factory=list)
     workers: list[WorkerState] = field(default_factory=list)
     converged: bool = False

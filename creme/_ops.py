@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -22,6 +22,7 @@ from creme._models import Edit, Generation, Job, LensResult, LocateResult, Model
 T = TypeVar("T")
 Item = TypeVar("Item", Edit, Job)
 
+_MODEL_SCOPED = ("/v1/model", "/v1/edits", "/v1/jobs", "/v1/edits:import")
 PAGE_SIZE = 100  # the largest page GET /v1/edits serves (its default is 20)
 FIRST_POLL = 0.1
 POLL = 1.0  # the longest pause between two reads of a job
@@ -29,14 +30,27 @@ POLL = 1.0  # the longest pause between two reads of a job
 
 @dataclass(frozen=True)
 class Call:
-    """One HTTP request; ``hold`` is how long the server may hold it (``Prefer: wait``) before answering."""
+    """One HTTP request (a JSON body, or raw ``content``); ``hold`` is how long the server may hold it
+    (``Prefer: wait``) before answering."""
 
     method: str
     path: str
     json: Any = None
+    content: bytes | None = None
     params: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     hold: float = 0.0
+
+    def for_model(self, model: str | None) -> Call:
+        """This call for base model ``model``: named in every JSON body (each one creates a job) and as the
+        ``model`` of the model, edit and job reads and of an import."""
+        if model is None:
+            return self
+        if self.method == "POST" and isinstance(self.json, dict):
+            return replace(self, json={"model": model, **self.json})
+        if self.path in _MODEL_SCOPED:
+            return replace(self, params={"model": model, **(self.params or {})})
+        return self
 
     def options(self, timeout: float) -> dict[str, Any]:
         """Keyword arguments of ``httpx.Client.request`` (and of the async one)."""
@@ -44,6 +58,7 @@ class Call:
             "method": self.method,
             "url": self.path,
             "json": self.json,
+            "content": self.content,
             "params": self.params,
             "headers": self.headers,
             "timeout": timeout + self.hold,
@@ -169,8 +184,24 @@ def delta(edit_id: str) -> Op[bytes]:
     return (yield from _send(Call("GET", _path("edits", edit_id, "delta")))).content
 
 
+def peft(edit_id: str, fmt: str) -> Op[bytes]:
+    """The edit as a PEFT LoRA adapter archive (``fmt``: ``zip`` or ``tar``)."""
+    return (yield from _send(Call("GET", _path("edits", edit_id, "peft"), params={"format": fmt}))).content
+
+
+def import_delta(data: bytes) -> Op[Edit]:
+    """Store a delta file as a new computed edit (``POST /v1/edits:import``)."""
+    headers = {"Content-Type": "application/octet-stream"}
+    return Edit.from_json((yield from _json(Call("POST", "/v1/edits:import", content=data, headers=headers))))
+
+
 def model() -> Op[ModelState]:
     return ModelState.from_json((yield from _json(Call("GET", "/v1/model"))))
+
+
+def models() -> Op[list[ModelState]]:
+    """Every base model served (and the gateway's own)."""
+    return [ModelState.from_json(item) for item in (yield from _json(Call("GET", "/v1/models")))["items"]]
 
 
 # -- jobs ----------------------------------------------------------------------------------

@@ -79,11 +79,15 @@ class Client:
     """A blocking client of the service at ``url`` (e.g. ``http://127.0.0.1:8000``).
 
     ``api_key`` is sent as ``Authorization: Bearer``; ``timeout`` bounds each request, plus the
-    seconds a ``wait`` asks the server to hold it. Use it as a context manager, or :meth:`close` it.
+    seconds a ``wait`` asks the server to hold it. ``model`` names the base model of every edit,
+    analysis and query, and scopes the model, edit and job reads (needed once the service serves
+    several). Use it as a context manager, or :meth:`close` it.
     """
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = TIMEOUT) -> None:
-        self.timeout = timeout
+    def __init__(
+        self, url: str, api_key: str | None = None, timeout: float = TIMEOUT, *, model: str | None = None
+    ) -> None:
+        self.url, self.timeout, self.base_model = url, timeout, model
         self._http = httpx.Client(base_url=url, headers=ops.auth_headers(api_key))
 
     def _run(self, op: ops.Op[T]) -> T:
@@ -97,7 +101,7 @@ class Client:
 
     def _send(self, call: ops.Call) -> httpx.Response:
         try:
-            return self._http.request(**call.options(self.timeout))
+            return self._http.request(**call.for_model(self.base_model).options(self.timeout))
         except httpx.TransportError as exc:
             raise ops.connection_failed(call, self._http.base_url, exc) from exc
 
@@ -161,6 +165,17 @@ class Client:
         """The edit's weight delta, a safetensors file."""
         return self._run(ops.delta(edit_id))
 
+    def peft(self, edit_id: str, fmt: str = "zip") -> bytes:
+        """The edit as a PEFT LoRA adapter: a zip (or ``fmt="tar"``) of ``adapter_config.json`` and its weights."""
+        return self._run(ops.peft(edit_id, fmt))
+
+    def import_delta(self, data: bytes) -> Edit:
+        """Store a delta file (as :meth:`delta` returns one) as a new ``computed`` edit; apply it with :meth:`apply`.
+
+        The delta must be for the model the service serves (else :class:`Invalid`, ``fingerprint-mismatch``).
+        """
+        return self._run(ops.import_delta(data))
+
     def job(self, job_id: str) -> Job:
         return self._run(ops.get_job(job_id))
 
@@ -188,8 +203,12 @@ class Client:
         return self._run(ops.generate(prompt, max_new_tokens, wait))
 
     def model(self) -> ModelState:
-        """The desired model state and each worker's."""
+        """The client's model (else the only one served, or the gateway's): its desired state and each worker's."""
         return self._run(ops.model())
+
+    def models(self) -> list[ModelState]:
+        """Every base model served, and the gateway's own."""
+        return self._run(ops.models())
 
     def close(self) -> None:
         self._http.close()
@@ -207,8 +226,10 @@ class AsyncClient:
     :meth:`edits` is an async iterator.
     """
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = TIMEOUT) -> None:
-        self.timeout = timeout
+    def __init__(
+        self, url: str, api_key: str | None = None, timeout: float = TIMEOUT, *, model: str | None = None
+    ) -> None:
+        self.url, self.timeout, self.base_model = url, timeout, model
         self._http = httpx.AsyncClient(base_url=url, headers=ops.auth_headers(api_key))
 
     async def _run(self, op: ops.Op[T]) -> T:
@@ -222,7 +243,7 @@ class AsyncClient:
 
     async def _send(self, call: ops.Call) -> httpx.Response:
         try:
-            return await self._http.request(**call.options(self.timeout))
+            return await self._http.request(**call.for_model(self.base_model).options(self.timeout))
         except httpx.TransportError as exc:
             raise ops.connection_failed(call, self._http.base_url, exc) from exc
 
@@ -276,6 +297,14 @@ class AsyncClient:
         """See :meth:`Client.delta`."""
         return await self._run(ops.delta(edit_id))
 
+    async def peft(self, edit_id: str, fmt: str = "zip") -> bytes:
+        """See :meth:`Client.peft`."""
+        return await self._run(ops.peft(edit_id, fmt))
+
+    async def import_delta(self, data: bytes) -> Edit:
+        """See :meth:`Client.import_delta`."""
+        return await self._run(ops.import_delta(data))
+
     async def job(self, job_id: str) -> Job:
         return await self._run(ops.get_job(job_id))
 
@@ -298,6 +327,9 @@ class AsyncClient:
     async def generate(self, prompt: str, max_new_tokens: int = 16, *, wait: float = 120.0) -> Generation:
         """See :meth:`Client.generate`."""
         return await self._run(ops.generate(prompt, max_new_tokens, wait))
+
+    async def models(self) -> list[ModelState]:
+        return await self._run(ops.models())
 
     async def model(self) -> ModelState:
         """See :meth:`Client.model`."""

@@ -24,7 +24,9 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(Path.home() / ".cache" / "creme", description="Converted model cache.")
     database_url: str = Field("sqlite:///./creme.db", description="SQLAlchemy URL; Postgres in production.")
     redis_url: str | None = Field(None, description="Redis URL; unset means the in-process queue.")
-    queue_prefix: str = Field("creme", description="Redis key prefix: stream PREFIX:jobs, channel PREFIX:nudge.")
+    queue_prefix: str = Field(
+        "creme", description="Redis key prefix: a stream PREFIX:jobs:<model> per model, channel PREFIX:nudge."
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     worker_id: str | None = Field(None, description="Stable worker name; defaults to host-pid.")

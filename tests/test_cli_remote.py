@@ -12,7 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from cli.main import main
+from creme._ops import Call
 from creme.client import Client
+from service.engine.inputs import EMBEDDED_MODEL
 from tests.fixtures.cli import Creme
 from tests.support.live import LiveService, live_service
 
@@ -107,3 +109,24 @@ def test_patch_without_bridge_and_answer_reads_them_from_the_model(creme: Creme)
     assert field(out, "status") == "computed"
     assert field(out, "bridge") == "Japan  (read from the model)"
     assert field(out, "answer") == "Tokyo  (read from the model)"
+
+
+def test_models_lists_the_served_model_and_model_names_it(creme: Creme, service: LiveService) -> None:
+    code, out, err = creme("models")
+    assert code == 0, err
+    header, row = out.splitlines()
+    assert header.split()[:3] == ["model", "served", "family"]
+    assert row.split()[:5] == [EMBEDDED_MODEL, "yes", "llama", "float32", "30"]
+    [model] = json.loads(creme("models", "--json")[1])
+    assert model["base_model"] == EMBEDDED_MODEL and [w["alive"] for w in model["workers"]] == [True]
+    assert creme("edits", "list", "--model", EMBEDDED_MODEL, "--json")[0] == 0
+    code, _, err = creme("patch", PROMPT, "--hop1", HOP1, "--model", "no-such-model", "--wait", "0")
+    assert code == 1 and err.startswith("creme patch: 422 ") and "no worker serves model 'no-such-model'" in err
+
+
+def test_a_client_names_its_model_in_every_body_and_read() -> None:
+    call = Call("POST", "/v1/analyses/logit-lens", json={"prompt": "p"})
+    assert call.for_model("m").json == {"model": "m", "prompt": "p"} and call.for_model(None) is call
+    assert Call("GET", "/v1/edits", params={"limit": 5}).for_model("m").params == {"model": "m", "limit": 5}
+    for untouched in (Call("GET", "/v1/edits/e1"), Call("POST", "/v1/edits/e1/apply"), Call("GET", "/v1/models")):
+        assert untouched.for_model("m") == untouched

@@ -57,13 +57,13 @@ def test_each_request_logs_one_line_with_its_id(client: TestClient, caplog: pyte
 def test_a_worker_logs_one_line_per_finished_job(
     factory: sessionmaker[Session], tiny_llama: LoadedModel, caplog: pytest.LogCaptureFixture
 ) -> None:
-    queue = InProcessQueue()
+    queue = InProcessQueue().for_model(tiny_llama.name)  # the queue the worker consumes
     worker = Worker(
         api_settings(model=tiny_llama.name, worker_id="w-logs"), tiny_llama, factory, queue, poll_seconds=0.1
     )
     jobs = {
-        add_job(factory, "generate", {"prompt": "Hi", "max_new_tokens": 2}): "succeeded",
-        add_job(factory, "generate", {"prompt": ""}): "failed",
+        add_job(factory, "generate", {"prompt": "Hi", "max_new_tokens": 2}, model=tiny_llama.name): "succeeded",
+        add_job(factory, "generate", {"prompt": ""}, model=tiny_llama.name): "failed",
     }
     with caplog.at_level(logging.INFO, logger="creme.jobs"):
         worker.start()

@@ -255,10 +255,12 @@ def sweep(
     queue: JobQueue,
     now: datetime | None = None,
     *,
+    base_model: str,
     stale_seconds: float = STALE_QUEUED_SECONDS,
     requeue_interval: float = REQUEUE_INTERVAL_SECONDS,
 ) -> SweepReport:
-    """Repair what a lost queue entry or a dead worker left behind; safe to run on every worker.
+    """Repair what a lost queue entry or a dead worker left behind among the jobs of ``base_model``, whose
+    queue ``queue`` is; safe to run on every worker of that model.
 
     Running jobs whose lease expired go back to ``queued`` and are re-enqueued while attempts
     remain, else fail with a "job abandoned" problem (their edit fails too). Queued rows older
@@ -268,8 +270,8 @@ def sweep(
     now = now or utcnow()
     report = SweepReport()
     marker = now + timedelta(seconds=requeue_interval)
-    to_enqueue = _sweep_expired(session, now, marker, report)
-    to_enqueue += _sweep_queued(session, queue, now, marker, stale_seconds, report)
+    to_enqueue = _sweep_expired(session, base_model, now, marker, report)
+    to_enqueue += _sweep_queued(session, queue, base_model, now, marker, stale_seconds, report)
     for job_id in to_enqueue:
         try:
             queue.enqueue(job_id)
@@ -290,10 +292,12 @@ def _ended(status: str, error: dict[str, Any], progress: dict[str, Any] | None, 
     }
 
 
-def _sweep_expired(session: Session, now: datetime, marker: datetime, report: SweepReport) -> list[str]:
+def _sweep_expired(
+    session: Session, base_model: str, now: datetime, marker: datetime, report: SweepReport
+) -> list[str]:
     rows = session.execute(
         select(Job.id, Job.attempts, Job.max_attempts, Job.claimed_by, Job.cancel_requested, Job.progress).where(
-            Job.status == "running", Job.lease_expires_at < now
+            Job.base_model == base_model, Job.status == "running", Job.lease_expires_at < now
         )
     ).all()
     session.rollback()
@@ -327,15 +331,23 @@ def _sweep_expired(session: Session, now: datetime, marker: datetime, report: Sw
 
 
 def _sweep_queued(
-    session: Session, queue: JobQueue, now: datetime, marker: datetime, stale_seconds: float, report: SweepReport
+    session: Session,
+    queue: JobQueue,
+    base_model: str,
+    now: datetime,
+    marker: datetime,
+    stale_seconds: float,
+    report: SweepReport,
 ) -> list[str]:
     stale = select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.progress).where(
+        Job.base_model == base_model,
         Job.status == "queued",
         Job.created_at < now - timedelta(seconds=stale_seconds),
         or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
     )
     rows = session.execute(stale.order_by(Job.created_at)).all()
-    live = session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(("queued", "running")))) or 0
+    mine = (Job.base_model == base_model, Job.status.in_(("queued", "running")))
+    live = session.scalar(select(func.count()).select_from(Job).where(*mine)) or 0
     session.rollback()
     if not rows:
         return []

@@ -1,4 +1,5 @@
-"""The heartbeat: a worker's ``workers`` row (state served, status, the model's depth) and its job's lease."""
+"""The heartbeat: a worker's ``workers`` row (its model: name, family, dtype, depth; the state served, the
+bytes of its pristine copies, status) and its job's lease."""
 
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ class Heartbeat:
                     base_model=lm.name,
                     model_fingerprint=lm.fingerprint,
                     n_layers=lm.n_layers,
+                    family=lm.adapter.name,
+                    dtype=str(lm.model.dtype).removeprefix("torch."),
+                    pristine_bytes=self.reconciler.weights.pristine_bytes,
                     state_version=self.reconciler.version,
                     weights_checksum=self.reconciler.checksum,
                     status=status,
@@ -72,18 +76,24 @@ def record_worker(
     base_model: str,
     model_fingerprint: str,
     n_layers: int,
+    family: str | None = None,
+    dtype: str | None = None,
+    pristine_bytes: int | None = None,
     state_version: int,
     weights_checksum: str | None,
     status: str,
     started_at: datetime | None = None,
 ) -> None:
-    """Insert or update the ``workers`` row (the heartbeat, with the model's depth) and commit."""
+    """Insert or update the ``workers`` row (the heartbeat, with what the model is and holds) and commit."""
     now = utcnow()
     values: dict[str, Any] = {
         "host": host,
         "base_model": base_model,
         "model_fingerprint": model_fingerprint,
         "n_layers": n_layers,
+        "family": family,
+        "dtype": dtype,
+        "pristine_bytes": pristine_bytes,
         "state_version": state_version,
         "weights_checksum": weights_checksum,
         "status": status,

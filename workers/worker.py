@@ -3,7 +3,8 @@
 The same class runs as a thread inside ``creme serve`` (in-process queue) and as the main loop of
 ``creme worker`` (Redis). Threads:
 
-* the **model thread** (the one calling :meth:`Worker.run_forever`): sweeps, receives deliveries,
+* the **model thread** (the one calling :meth:`Worker.run_forever`): sweeps its model's jobs, receives
+  deliveries from its model's queue (:meth:`JobQueue.for_model`),
   claims rows, reconciles and runs jobs. Every touch of the weights — reconciles included —
   happens on it under :attr:`Worker.model_lock`, so weights never change under a running job;
 * the **heartbeat** thread: updates the ``workers`` row (with the model's depth, by which the
@@ -76,14 +77,14 @@ class Worker:
         self.settings = settings
         self.lm = lm
         self.session_factory = session_factory
-        self.queue = queue
+        self.queue = queue.for_model(lm.name)  # this model's jobs only; nudges reach every model's workers
         self.host = socket.gethostname()
         self.worker_id = settings.worker_id or f"{self.host}-{os.getpid()}"
         # A fresh queue consumer per incarnation, so a restarted worker can reclaim what it left pending.
         self.consumer = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         self.weights = weights or WeightState(lm)
         self.reconciler = Reconciler(
-            lm, self.weights, session_factory, worker_id=self.worker_id, on_change=self._beat, queue=queue
+            lm, self.weights, session_factory, worker_id=self.worker_id, on_change=self._beat, queue=self.queue
         )
         self.heartbeat = Heartbeat(
             session_factory,
@@ -99,7 +100,7 @@ class Worker:
             lm=lm,
             weights=self.weights,
             session_factory=session_factory,
-            queue=queue,
+            queue=self.queue,
             worker_id=self.worker_id,
             settings=settings,
             reconciler=self.reconciler,
@@ -262,7 +263,7 @@ class Worker:
         lease = self.settings.worker_lease_seconds
         try:
             with self.session_factory() as session:
-                report = sweep(session, self.queue, requeue_interval=lease)
+                report = sweep(session, self.queue, base_model=self.lm.name, requeue_interval=lease)
             if report.retried or report.failed or report.requeued or report.cancelled:
                 log.info("sweep by %s: %s", self.worker_id, report)
             self._reclaimed.extend(self.queue.reclaim(self.consumer, idle_seconds=lease))

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.auth import AuthorizedRoute
-from api.deps import IdempotencyDep, SessionDep, SettingsDep
+from api.deps import IdempotencyDep, SessionDep
 from api.plots import PLOT_RESPONSES, FormatPath, image, not_finished, not_plottable
 from api.routers import jobrun
 from api.schemas import AnalysisAccepted, JobOut, finished_job_model, job_out, problems
@@ -66,7 +66,7 @@ def read_analysis(job_id: str, session: SessionDep) -> JobOut:
 
 
 @router.get("/{job_id}/plot.{fmt}", response_class=Response, responses=PLOT_RESPONSES)
-def plot_analysis_route(job_id: str, fmt: FormatPath, session: SessionDep, settings: SettingsDep) -> Response:
+def plot_analysis_route(job_id: str, fmt: FormatPath, session: SessionDep) -> Response:
     """A finished analysis as a PNG or SVG figure.
 
     Logit lens: p and rank of each target per layer, each layer's top-1 token beside it. Locating:
@@ -79,7 +79,7 @@ def plot_analysis_route(job_id: str, fmt: FormatPath, session: SessionDep, setti
     result = job.result
     if job.status != "succeeded" or not isinstance(result, dict):
         raise not_plottable(f"analysis {job.id} {job.status}: it has no result to plot", job.status, field="job_status")
-    band = _default_band(settings.model, result) if job.kind == "locate" else None
+    band = _default_band(job.base_model, result) if job.kind == "locate" else None
     return image(lambda: plot_analysis(job.kind, result, fmt, edit_band=band), fmt, job.status, field="job_status")
 
 

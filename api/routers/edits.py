@@ -6,12 +6,12 @@ import hashlib
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from api.auth import AuthorizedRoute
-from api.deps import ActorDep, FactoryDep, IdempotencyDep, LimitsDep, QueueDep, SessionDep, SettingsDep
+from api.deps import ActorDep, FactoryDep, IdempotencyDep, QueueDep, SessionDep, SettingsDep, model_limits
 from api.errors import ProblemError
 from api.http import in_session, parse_if_match, parse_prefer_wait, version_etag, wait_for_job
 from api.plots import PLOT_RESPONSES, FormatPath, image, not_finished, not_plottable
@@ -26,6 +26,7 @@ from api.schemas import (
     StateOut,
     edit_out,
     edit_url,
+    model_query,
     problems,
 )
 from service.db.models import Edit
@@ -49,24 +50,23 @@ Action = Literal["apply", "revert"]
 )
 async def create_edit(
     body: EditCreate,
+    request: Request,
     factory: FactoryDep,
     queue: QueueDep,
     settings: SettingsDep,
-    limits: LimitsDep,
     actor: ActorDep,
     idempotency_key: IdempotencyDep,
     prefer: PreferHeader = None,
 ) -> JSONResponse:
-    """Patch a failing compositional query: store a pending edit and queue its computation."""
-    request = body.model_dump(mode="json")
+    """Patch a failing compositional query of a model: store a pending edit and queue its computation."""
+    edit_request = body.model_dump(mode="json", exclude={"model"})
     edit, job = await in_session(
         factory,
         lambda s: submit_edit(
             s,
             queue,
-            request,
-            base_model=settings.model,
-            limits=limits,
+            edit_request,
+            limits=model_limits(request, s, body.model, ("body", "model")),
             idempotency_key=idempotency_key,
             actor=actor,
         ),
@@ -91,11 +91,12 @@ async def create_edit(
 def list_edits_route(
     session: SessionDep,
     status: EditStatus | None = None,
+    model: Annotated[str | None, model_query("Only the edits of this base model.")] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> EditPage:
     """Edits newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
-    page = list_edits(session, status=status, cursor=cursor, limit=limit)
+    page = list_edits(session, status=status, base_model=model, cursor=cursor, limit=limit)
     histories = edit_histories(session, [e.id for e in page.items])
     return EditPage(items=[edit_out(e, histories[e.id]) for e in page.items], next_cursor=page.next_cursor)
 
@@ -115,19 +116,19 @@ def _state_change(
     edit_id: str,
     session: SessionDep,
     queue: QueueDep,
-    settings: SettingsDep,
     actor: ActorDep,
     response: Response,
     idempotency_key: IdempotencyDep,
     if_match: IfMatchHeader = None,
 ) -> Callable[[Action], StateChange]:
-    """What apply and revert take from the request; the two differ only in the action they pass."""
+    """What apply and revert take from the request; the two differ only in the action they pass.
+
+    The state that changes is that of the edit's own model.
+    """
 
     def change(action: Action) -> StateChange:
         expected = parse_if_match(if_match)
-        edit, state = change_state(
-            session, queue, edit_id, action, expected, actor, base_model=settings.model, idempotency_key=idempotency_key
-        )
+        edit, state = change_state(session, queue, edit_id, action, expected, actor, idempotency_key=idempotency_key)
         response.headers["ETag"] = version_etag(state.version)
         return StateChange(
             edit=_with_history(session, edit), state=StateOut(version=state.version, active_edits=state.active_edit_ids)

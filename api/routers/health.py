@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.errors import problem_response
 from api.schemas import problems
-from service.usecases.model import model_status, ping_database
+from service.usecases.model import ping_database, served_models
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +27,16 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={200: {"description": "Ready"}} | problems(503))
 def readyz(request: Request) -> JSONResponse:
-    """Ready when the database answers, the queue is healthy and a worker's heartbeat is fresh."""
+    """Ready when the database answers, the queue is healthy and a worker's heartbeat is fresh (of any model)."""
     state = request.app.state
     checks: dict[str, dict[str, Any]] = {}
     try:
         with state.session_factory() as session:
             ping_database(session)
-            status = model_status(session, state.settings.model, state.settings.worker_lease_seconds)
+            served = served_models(session, state.settings.worker_lease_seconds)
         checks["database"] = {"ok": True}
-        live = len(status.live_workers)
-        checks["workers"] = {"ok": live > 0, "live": live, "known": len(status.workers)}
+        live = sum(len(status.live_workers) for status in served)
+        checks["workers"] = {"ok": live > 0, "live": live, "models": [status.base_model for status in served]}
     except SQLAlchemyError as exc:
         log.warning("readiness: database unavailable: %s", type(exc).__name__)
         checks["database"] = {"ok": False, "error": type(exc).__name__}

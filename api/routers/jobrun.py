@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
-from api.deps import limits_for
+from api.deps import model_limits
 from api.errors import PROBLEM_MEDIA_TYPE
 from api.http import in_session, parse_prefer_wait, wait_for_job
-from api.schemas import AnalysisAccepted, job_out, job_url
+from api.schemas import AnalysisAccepted, job_out, job_url, request_model
 from service.db.models import Job
 from service.problems import CANCELLED, problem_type
 from service.usecases.jobs import submit_job
@@ -25,22 +26,24 @@ def add_route(
     router: APIRouter, kind: JobKind, endpoint: Callable[..., Awaitable[JSONResponse]], **options: Any
 ) -> None:
     """Register ``endpoint`` as ``POST <prefix>/<kind name>``: its ``body`` typed by the kind's payload
-    model, described by the kind's summary; ``options`` are the route's responses and status."""
-    endpoint.__annotations__["body"] = kind.payload
+    and the ``model`` it is for, described by the kind's summary; ``options`` are the route's responses
+    and status."""
+    endpoint.__annotations__["body"] = request_model(kind)
     name = kind.name.replace("-", "_")
     router.add_api_route(f"/{kind.name}", endpoint, methods=["POST"], name=name, description=kind.summary, **options)
 
 
 async def submit(request: Request, kind: str, body: BaseModel, idempotency_key: str | None) -> Job:
-    """Validate and queue a job of ``kind`` with ``body`` as its payload."""
+    """Validate and queue a job of ``kind`` for the model ``body`` names, the rest of ``body`` its payload."""
     state = request.app.state
-    payload = body.model_dump(mode="json")
-    return await in_session(
-        state.session_factory,
-        lambda s: submit_job(
-            s, state.queue, kind, payload, limits=limits_for(request, s), idempotency_key=idempotency_key
-        ),
-    )
+    payload = body.model_dump(mode="json", exclude={"model"})
+    model = getattr(body, "model", None)
+
+    def run(session: Session) -> Job:
+        limits = model_limits(request, session, model, ("body", "model"))
+        return submit_job(session, state.queue, kind, payload, limits=limits, idempotency_key=idempotency_key)
+
+    return await in_session(state.session_factory, run)
 
 
 async def wait(request: Request, job: Job, prefer: str | None, default: float | None) -> tuple[Job, dict[str, str]]:

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api.auth import AuthorizedRoute
 from api.deps import SessionDep
-from api.schemas import JobOut, JobPage, JobStatus, KindName, job_out, problems
+from api.schemas import JobOut, JobPage, JobStatus, KindName, job_out, model_query, problems
 from service.usecases.jobs import cancel_job, get_job, list_jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AuthorizedRoute)
@@ -20,11 +20,12 @@ def list_jobs_route(
     session: SessionDep,
     status: JobStatus | None = None,
     kind: KindName | None = None,
+    model: Annotated[str | None, model_query("Only the jobs of this base model.")] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobPage:
-    """Jobs newest first, optionally filtered by status and kind."""
-    page = list_jobs(session, status=status, kind=kind, cursor=cursor, limit=limit)
+    """Jobs newest first, optionally filtered by status, kind and model."""
+    page = list_jobs(session, status=status, kind=kind, base_model=model, cursor=cursor, limit=limit)
     return JobPage(items=[job_out(j) for j in page.items], next_cursor=page.next_cursor)
 
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -95,9 +96,15 @@ class Edit(Base):
     """One CREME edit: the request, where it stands, and how it scored."""
 
     __tablename__ = "edits"
+    # Keyset pagination (newest first) reads these in order, with or without a filter, and never sorts.
+    __table_args__ = (
+        Index("ix_edits_created_at_id", "created_at", "id"),
+        Index("ix_edits_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_edits_base_model_created_at_id", "base_model", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
-    status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     prompt: Mapped[str] = mapped_column(Text)
     hop1_phrase: Mapped[str] = mapped_column(Text)
     bridge: Mapped[str | None] = mapped_column(Text)  # None until the worker infers it (the request had none)
@@ -106,13 +113,13 @@ class Edit(Base):
     layers: Mapped[list[int]] = mapped_column(JSON)
     method: Mapped[str] = mapped_column(String(32), default=DEFAULT_METHOD)
     apply_policy: Mapped[str] = mapped_column(String(16), default=DEFAULT_APPLY)
-    base_model: Mapped[str] = mapped_column(String(255), index=True)
+    base_model: Mapped[str] = mapped_column(String(255))
     base_fingerprint: Mapped[str] = mapped_column(String(128))
     computed_on_version: Mapped[int | None] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     job_id: Mapped[str | None] = mapped_column(String(36))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     applied_at: Mapped[datetime | None] = mapped_column()
     reverted_at: Mapped[datetime | None] = mapped_column()
@@ -173,12 +180,14 @@ def _initial_progress() -> dict[str, Any]:
 
 
 class Job(Base):
-    """A unit of queued work (an edit computation or an analysis) with its progress and outcome."""
+    """A unit of queued work (an edit computation or an analysis) for one base model, with its progress and outcome."""
 
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_base_model_status", "base_model", "status"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
     kind: Mapped[str] = mapped_column(String(32))
+    base_model: Mapped[str] = mapped_column(String(255))  # the model whose workers (and stream) take it
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=_initial_progress)
@@ -207,6 +216,9 @@ class Worker(Base):
     base_model: Mapped[str] = mapped_column(String(255))
     model_fingerprint: Mapped[str] = mapped_column(String(128))
     n_layers: Mapped[int | None] = mapped_column(Integer)  # the model's depth; None from workers before 0003
+    family: Mapped[str | None] = mapped_column(String(64))  # None from workers before 0005
+    dtype: Mapped[str | None] = mapped_column(String(16))
+    pristine_bytes: Mapped[int | None] = mapped_column(BigInteger)  # held by the copies of edited layers
     state_version: Mapped[int] = mapped_column(Integer)
     weights_checksum: Mapped[str | None] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(32))

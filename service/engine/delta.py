@@ -160,3 +160,32 @@ def validate_for(delta: EditDelta, lm: LoadedModel) -> None:
             raise InvalidDeltaError(f"layer {f.layer}: keys of shape {tuple(f.keys.shape)} do not fit d_in={d_in}")
         if not (torch.isfinite(f.u).all() and torch.isfinite(f.r).all()):
             raise InvalidDeltaError(f"layer {f.layer}: delta contains NaN or infinity")
+
+
+def validate_alone(delta: EditDelta, n_layers: int | None = None) -> None:
+    """The checks of :func:`validate_for` that need no model, for a delta from outside: at least one layer,
+    layers ascending and distinct (and below ``n_layers`` when given), 2-D factors of one rank per layer,
+    one [d_out, d_in] at every layer, keys that fit d_in, finite values (keys included).
+    Raises :class:`InvalidDeltaError`."""
+    if not delta.factors:
+        raise InvalidDeltaError("delta has no layers")
+    if delta.layers != sorted(set(delta.layers)):
+        raise InvalidDeltaError(f"delta layers must be ascending and distinct: {delta.layers}")
+    dims: set[tuple[int, int]] = set()
+    for f in delta.factors:
+        if (problem := layer_problem(f.layer, n_layers)) is not None:
+            raise InvalidDeltaError(f"delta {problem}")
+        if f.u.dim() != 2 or f.r.dim() != 2 or f.u.shape[1] != f.r.shape[1] or f.u.shape[1] < 1:
+            raise InvalidDeltaError(
+                f"layer {f.layer}: factors u{tuple(f.u.shape)} r{tuple(f.r.shape)} are not [d_in, k] and [d_out, k]"
+            )
+        if f.keys is not None and (f.keys.dim() != 2 or f.keys.shape[1] != f.u.shape[0]):
+            raise InvalidDeltaError(
+                f"layer {f.layer}: keys of shape {tuple(f.keys.shape)} do not fit d_in={f.u.shape[0]}"
+            )
+        tensors = (f.u, f.r) if f.keys is None else (f.u, f.r, f.keys)
+        if not all(torch.isfinite(t).all() for t in tensors):
+            raise InvalidDeltaError(f"layer {f.layer}: delta contains NaN or infinity")
+        dims.add((int(f.r.shape[0]), int(f.u.shape[0])))
+    if len(dims) > 1:
+        raise InvalidDeltaError(f"delta layers disagree on the [d_out, d_in] of the weight: {sorted(dims)}")

@@ -3,13 +3,41 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 from service.engine.delta import EditDelta, InvalidDeltaError, LayerFactors, validate_for
 from service.engine.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A delta that passed :func:`validate_for`, with the content key of each of its factors."""
+
+    delta: EditDelta
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """A layer's active factors in content order: ``keys[i]`` names columns ``starts[i]:starts[i] + ranks[i]``."""
+
+    keys: tuple[bytes, ...]
+    ranks: tuple[int, ...]
+    r: torch.Tensor  # [d_out, Σk] float32, on the weight's device
+    u: torch.Tensor  # [d_in, Σk]
+
+    @property
+    def starts(self) -> list[int]:
+        out, at = [], 0
+        for rank in self.ranks:
+            out.append(at)
+            at += rank
+        return out
 
 
 class WeightState:
@@ -21,12 +49,22 @@ class WeightState:
     factors are stacked in an order fixed by their content, so one set of edits gives the same
     bits whatever the order they were activated in. A layer's pristine copy is taken the first
     time an edit touches it.
+
+    A change rebuilds only the layers of the deltas it adds or removes; the other weights are not
+    written. Each layer keeps its factors stacked in content order and a change is spliced into
+    that stack (one copy), so a rebuild is that copy plus the one product. A delta is validated
+    and its content keys taken once while it is active or was active in the previous state (so
+    :meth:`pristine` and :meth:`trial` check only what is new); deltas are known by identity and
+    must not be changed in place once passed in. :meth:`set_active` is all-or-nothing: every new
+    delta is validated and every rebuilt weight checked finite before any weight is written.
     """
 
     def __init__(self, lm: LoadedModel) -> None:
         self.lm = lm
         self._pristine: dict[int, torch.Tensor] = {}
         self._active: list[tuple[str, EditDelta]] = []
+        self._stacks: dict[int, _Stack] = {}
+        self._checked: dict[int, _Checked] = {}  # by id() of the delta, which the entry keeps alive
 
     @property
     def pristine_bytes(self) -> int:
@@ -91,16 +129,69 @@ class WeightState:
 
     def set_active(self, edits: Sequence[tuple[str, EditDelta]]) -> None:
         """Bring the weights to exactly ``edits`` (ordered). All-or-nothing: on error nothing changes."""
-        for _, delta in edits:
-            validate_for(delta, self.lm)
-        touched = {f.layer for _, d in [*self._active, *edits] for f in d.factors}
-        rebuilt = {layer: self._rebuilt(layer, edits) for layer in sorted(touched)}
+        edits = list(edits)
+        checked = [self._check(delta) for _, delta in edits]
+        before = Counter(id(delta) for _, delta in self._active)
+        after = Counter(id(c.delta) for c in checked)
+        known = {**{id(d): self._checked[id(d)] for _, d in self._active}, **{id(c.delta): c for c in checked}}
+        removed = _factors(known, before - after)
+        added = _factors(known, after - before)
+        stacks = {
+            layer: self._restacked(layer, removed.get(layer, []), added.get(layer, []))
+            for layer in sorted({*removed, *added})
+        }
+        rebuilt = {layer: self._rebuilt(layer, stack) for layer, stack in stacks.items()}
         for layer, weight in rebuilt.items():
             if not torch.isfinite(weight).all():
                 raise InvalidDeltaError(f"layer {layer}: applying the edits would make the weight non-finite")
         for layer, weight in rebuilt.items():
             self._weight(layer).copy_(weight)
-        self._active = list(edits)
+        for layer, stack in stacks.items():
+            if stack is None:
+                self._stacks.pop(layer, None)
+            else:
+                self._stacks[layer] = stack
+        self._active = edits
+        self._checked = known  # the deltas of this state and of the one before
+
+    def _check(self, delta: EditDelta) -> _Checked:
+        """``delta`` validated for this model and keyed, at most once while it stays known."""
+        entry = self._checked.get(id(delta))
+        if entry is not None and entry.delta is delta:
+            return entry
+        validate_for(delta, self.lm)
+        return _Checked(delta, tuple(content_key(f) for f in delta.factors))
+
+    def _restacked(
+        self, layer: int, removed: list[tuple[bytes, LayerFactors]], added: list[tuple[bytes, LayerFactors]]
+    ) -> _Stack | None:
+        """The stack of ``layer`` less ``removed`` plus ``added``, in content order (None: no factor left)."""
+        old = self._stacks.get(layer)
+        device = self._weight(layer).device
+        sources = [] if old is None else [(old.r, old.u)]
+        pool: list[tuple[bytes, int, int, int]] = []  # key, source, first column in it, rank
+        if old is not None:
+            gone = Counter(key for key, _ in removed)
+            for key, rank, start in zip(old.keys, old.ranks, old.starts, strict=True):
+                if gone[key]:
+                    gone[key] -= 1
+                else:
+                    pool.append((key, 0, start, rank))
+        for key, factors in added:
+            pool.append((key, len(sources), 0, factors.rank))
+            sources.append((factors.r.to(device, torch.float32), factors.u.to(device, torch.float32)))
+        if not pool:
+            return None
+        pool.sort(key=lambda item: item[0])
+        runs: list[list[int]] = []  # [source, first column, end column]: neighbours in order and in their source
+        for _, source, start, rank in pool:
+            if runs and runs[-1][0] == source and runs[-1][2] == start:
+                runs[-1][2] += rank
+            else:
+                runs.append([source, start, start + rank])
+        r = torch.cat([_columns(sources[i][0], first, end) for i, first, end in runs], dim=1)  # copied once
+        u = torch.cat([_columns(sources[i][1], first, end) for i, first, end in runs], dim=1)
+        return _Stack(tuple(item[0] for item in pool), tuple(item[3] for item in pool), r, u)
 
     def _weight(self, layer: int) -> torch.Tensor:
         return self.lm.adapter.out_proj_module(self.lm.model, layer).weight.data
@@ -111,15 +202,26 @@ class WeightState:
             self._pristine[layer] = self._weight(layer).clone()
         return self._pristine[layer]
 
-    def _rebuilt(self, layer: int, edits: Sequence[tuple[str, EditDelta]]) -> torch.Tensor:
+    def _rebuilt(self, layer: int, stack: _Stack | None) -> torch.Tensor:
         pristine = self._pristine_weight(layer)
-        deltas = sorted((f for _, d in edits for f in d.factors if f.layer == layer), key=content_key)
-        if not deltas:
+        if stack is None:
             return pristine
-        r = torch.cat([f.r for f in deltas], dim=1)  # [d_out, Σk], in content order
-        u = torch.cat([f.u for f in deltas], dim=1)  # [d_in, Σk]
-        update = self.lm.adapter.delta_as_weight(r.to(pristine.device), u.to(pristine.device))
+        update = self.lm.adapter.delta_as_weight(stack.r, stack.u)
         return (pristine.to(torch.float32) + update).to(pristine.dtype)
+
+
+def _columns(tensor: torch.Tensor, first: int, end: int) -> torch.Tensor:
+    return tensor if first == 0 and end == tensor.shape[1] else tensor[:, first:end]
+
+
+def _factors(known: dict[int, _Checked], deltas: Counter[int]) -> dict[int, list[tuple[bytes, LayerFactors]]]:
+    """The (content key, factors) of each delta counted in ``deltas``, by layer."""
+    out: dict[int, list[tuple[bytes, LayerFactors]]] = {}
+    for delta_id, count in deltas.items():
+        entry = known[delta_id]
+        for key, factors in zip(entry.keys, entry.delta.factors, strict=True):
+            out.setdefault(factors.layer, []).extend([(key, factors)] * count)
+    return out
 
 
 def content_key(factors: LayerFactors) -> bytes:

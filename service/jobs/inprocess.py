@@ -54,30 +54,44 @@ class _Subscription:
 
 
 class InProcessQueue:
-    """A thread-safe FIFO of job ids with pending tracking; nudges reach every open subscription."""
+    """A thread-safe FIFO of job ids with pending tracking; nudges reach every open subscription.
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
+    The queues of the models (:meth:`for_model`) share the root's lock, nudges and closed state:
+    closing any of them closes all.
+    """
+
+    def __init__(self, *, _root: InProcessQueue | None = None) -> None:
+        self._root = _root or self
+        self._cond = self._root._cond if _root else threading.Condition()
         self._queued: deque[tuple[str, str]] = deque()  # (delivery_id, job_id)
         self._pending: dict[str, _Pending] = {}
-        self._ids = itertools.count(1)
-        self._subscriptions: weakref.WeakSet[_Subscription] = weakref.WeakSet()
+        self._ids = self._root._ids if _root else itertools.count(1)
+        self._subscriptions: weakref.WeakSet[_Subscription] = self._root._subscriptions if _root else weakref.WeakSet()
+        self._models: dict[str, InProcessQueue] = {}
         self._closed = False
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._root._closed:
             raise QueueUnavailable("the in-process queue is closed")
+
+    def for_model(self, model: str) -> InProcessQueue:
+        root = self._root
+        with self._cond:
+            self._check_open()
+            if model not in root._models:
+                root._models[model] = InProcessQueue(_root=root)
+            return root._models[model]
 
     def enqueue(self, job_id: str) -> None:
         with self._cond:
             self._check_open()
             self._queued.append((str(next(self._ids)), job_id))
-            self._cond.notify()
+            self._cond.notify_all()  # the models' queues share the condition: wake their receivers too
 
     def receive(self, consumer: str, timeout: float) -> Delivery | None:
         with self._cond:
             self._check_open()
-            self._cond.wait_for(lambda: self._queued or self._closed, timeout=max(0.0, timeout))
+            self._cond.wait_for(lambda: self._queued or self._root._closed, timeout=max(0.0, timeout))
             self._check_open()
             if not self._queued:
                 return None
@@ -124,11 +138,11 @@ class InProcessQueue:
         return subscription
 
     def healthy(self) -> bool:
-        return not self._closed
+        return not self._root._closed
 
     def close(self) -> None:
         with self._cond:
-            self._closed = True
+            self._root._closed = True
             subscriptions = list(self._subscriptions)
             self._cond.notify_all()
         for subscription in subscriptions:

@@ -1,6 +1,8 @@
 """The queue port: what the gateway and the workers need from a job queue, and nothing more.
 
-The queue carries only job ids and nudges; the database holds the jobs themselves. Delivery is
+The queue carries only job ids and nudges; the database holds the jobs themselves. Each base model
+has a queue of its own (:meth:`JobQueue.for_model`), so a worker receives only its model's jobs;
+nudges reach every subscriber whatever the model. Delivery is
 at least once: a job id can be delivered again after a reclaim or after the queue lost its
 bookkeeping, so consumers claim the job row in the database before doing any work.
 """
@@ -50,6 +52,11 @@ class JobQueue(Protocol):
     or the queue is closed.
     """
 
+    def for_model(self, model: str) -> JobQueue:
+        """The queue of base model `model`'s jobs (the same object for the same name), sharing this one's
+        transport and nudges; closing this queue closes it too."""
+        ...
+
     def enqueue(self, job_id: str) -> None:
         """Append `job_id` to the queue."""
         ...
@@ -71,7 +78,7 @@ class JobQueue(Protocol):
         ...
 
     def depth(self) -> int:
-        """Job ids not yet delivered plus deliveries pending and not acknowledged."""
+        """Job ids not yet delivered plus deliveries pending and not acknowledged (of this queue alone)."""
         ...
 
     def publish_nudge(self, message: str) -> None:

@@ -1,7 +1,9 @@
 """The Redis adapter: a stream with one consumer group carries job ids; pub/sub carries nudges.
 
-Acknowledged entries are deleted from the stream, so the stream holds exactly the queued and
-pending job ids and `XLEN` is the depth. The consumer group is (re-)created at id ``0`` whenever
+Each base model's jobs have a stream of their own, ``<stream>:<model>``
+(:meth:`RedisQueue.for_model`), with the same group name; one pub/sub channel nudges every worker.
+Acknowledged entries are deleted from the stream, so a stream holds exactly the queued and pending
+job ids and `XLEN` is the depth. The consumer group is (re-)created at id ``0`` whenever
 Redis reports it missing (first use, FLUSHALL, restart without persistence), so entries added
 before the group existed are still delivered. Only this module imports redis.
 """
@@ -9,6 +11,7 @@ before the group existed are still delivered. Only this module imports redis.
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import time
 import weakref
@@ -77,6 +80,16 @@ class _RedisSubscription:
             self._pubsub.close()
 
 
+class _Shared:
+    """What a root queue and its models' queues share: subscriptions, a lock and being closed."""
+
+    def __init__(self) -> None:
+        self.subscriptions: weakref.WeakSet[_RedisSubscription] = weakref.WeakSet()
+        self.lock = threading.Lock()
+        self.closed = False
+        self.models: dict[str, RedisQueue] = {}
+
+
 class RedisQueue:
     """Job ids in a Redis stream consumed by a consumer group; nudges over Redis pub/sub.
 
@@ -105,6 +118,7 @@ class RedisQueue:
         # Redis ends a BLOCK up to ~1/hz (100 ms) late; keep the socket waiting well past it.
         self._max_block = socket_timeout - min(1.0, socket_timeout / 2)
         self._reclaim_batch = reclaim_batch
+        self._root_stream = stream  # the models' streams are named after it
         common: dict[str, Any] = {"decode_responses": True, "protocol": 2}
         self._redis = redis.Redis.from_url(
             url,
@@ -122,9 +136,23 @@ class RedisQueue:
             retry=Retry(NoBackoff(), 0),
             **common,
         )
-        self._subscriptions: weakref.WeakSet[_RedisSubscription] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._closed = False
+        self._shared = _Shared()
+
+    @property
+    def _closed(self) -> bool:
+        return self._shared.closed
+
+    def for_model(self, model: str) -> RedisQueue:
+        """The queue on stream ``<stream>:<model>``, over this queue's connections."""
+        with self._shared.lock:
+            if self._shared.closed:
+                raise QueueUnavailable("the redis queue is closed")
+            queue = self._shared.models.get(model)
+            if queue is None:
+                queue = copy.copy(self)  # the same clients and shared state; only the stream differs
+                queue.stream = f"{self._root_stream}:{model}"
+                self._shared.models[model] = queue
+            return queue
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -235,8 +263,8 @@ class RedisQueue:
         subscription = _RedisSubscription(
             self._redis.pubsub(), self.nudge_channel, consumer, timeout=self._socket_timeout
         )
-        with self._lock:
-            self._subscriptions.add(subscription)
+        with self._shared.lock:
+            self._shared.subscriptions.add(subscription)
         return subscription
 
     def healthy(self) -> bool:
@@ -248,11 +276,11 @@ class RedisQueue:
             return False
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
+        with self._shared.lock:
+            if self._shared.closed:
                 return
-            self._closed = True
-            subscriptions = list(self._subscriptions)
+            self._shared.closed = True
+            subscriptions = list(self._shared.subscriptions)
         for subscription in subscriptions:
             subscription.close()
         for client in (self._redis, self._health):

@@ -46,18 +46,19 @@ def submit_edit(
     queue: JobQueue,
     request: Mapping[str, Any],
     *,
-    base_model: str,
     limits: Limits | None = None,
     idempotency_key: str | None = None,
     actor: str | None = None,
 ) -> tuple[Edit, Job]:
-    """Validate ``request``, commit a pending edit and its ``edit`` job together, then enqueue the job.
+    """Validate ``request``, commit a pending edit of the limits' model and its ``edit`` job together, then
+    enqueue the job on that model's queue.
 
     A replay with the same ``idempotency_key`` and request returns the first edit and job.
     Raises :class:`InvalidRequest`, :class:`QueueFull` or :class:`IdempotencyConflict` before writing.
     """
     limits = limits or Limits()
     data = validate_edit_request(request, limits)
+    base_model = limits.model
     req_hash = request_hash("edit", {"base_model": base_model, **data})
     if idempotency_key and (replay := _replay(session, idempotency_key, req_hash)):
         return replay
@@ -90,7 +91,7 @@ def submit_edit(
         if idempotency_key and (replay := _replay(session, idempotency_key, req_hash)):
             return replay
         raise
-    enqueue_after_commit(queue, job.id)
+    enqueue_after_commit(queue, job)
     return edit, job
 
 
@@ -150,11 +151,14 @@ def change_state(
     expected_version: int | None,
     actor: str | None,
     *,
-    base_model: str,
+    base_model: str | None = None,
     idempotency_key: str | None = None,
     error: dict[str, Any] | None = None,
 ) -> tuple[Edit, ModelState]:
-    """The one way the desired state of ``base_model`` changes: apply or revert an edit, then nudge the workers.
+    """The one way the desired state of a model changes: apply or revert an edit, then nudge the workers.
+
+    The model is the edit's own; a worker names the model it serves as ``base_model``, and an edit
+    of another model is then a :class:`ConflictError`.
 
     The API's apply/revert, a worker applying the edit it computed and a worker withdrawing an edit
     whose delta is bad (a revert with ``error``: the edit becomes ``failed`` with that problem) all
@@ -169,6 +173,8 @@ def change_state(
         raise NotFoundError(f"edit {edit_id} not found")
     if error is not None and action != "revert":
         raise ValueError("only a revert fails an edit")
+    if base_model is None:
+        base_model = get_edit(session, edit_id).base_model
     key = idempotency_key or None
     req_hash = None
     if key is not None:

@@ -45,3 +45,7 @@ class QueueFull(UseCaseError):
 
 class IdempotencyConflict(UseCaseError):
     """An ``Idempotency-Key`` was reused with a different request."""
+
+
+class ModelUnavailable(UseCaseError):
+    """The named base model has workers, but none is alive right now; retry later."""

@@ -40,12 +40,12 @@ def request_hash(kind: str, data: Mapping[str, Any]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def enqueue_after_commit(queue: JobQueue, job_id: str) -> bool:
-    """Enqueue a committed job; a queue failure is logged, not raised (the sweep re-enqueues it)."""
+def enqueue_after_commit(queue: JobQueue, job: Job) -> bool:
+    """Enqueue a committed job on its model's queue; a failure is logged, not raised (a sweep re-enqueues it)."""
     try:
-        queue.enqueue(job_id)
+        queue.for_model(job.base_model).enqueue(job.id)
     except QueueUnavailable as exc:
-        log.warning("job %s committed but not enqueued (a sweep will re-enqueue it): %s", job_id, exc)
+        log.warning("job %s committed but not enqueued (a sweep will re-enqueue it): %s", job.id, exc)
         return False
     return True
 
@@ -98,10 +98,11 @@ def find_idempotent(session: Session, key: str, kind: str, req_hash: str) -> Job
 
 
 def new_job(kind: str, payload: dict[str, Any], limits: Limits, key: str | None, req_hash: str) -> Job:
-    """A queued job row (not yet added to a session)."""
+    """A queued job row for the limits' model (not yet added to a session)."""
     return Job(
         id=new_uuid(),
         kind=kind,
+        base_model=limits.model,
         payload=payload,
         status="queued",
         progress={"step": 0, "total": None, "message": "queued"},
@@ -123,14 +124,15 @@ def submit_job(
     limits: Limits | None = None,
     idempotency_key: str | None = None,
 ) -> Job:
-    """Validate ``payload`` for the declared ``kind`` (any but ``edit``), commit a queued job, then enqueue it.
+    """Validate ``payload`` for the declared ``kind`` (any but ``edit``), commit a queued job of the limits'
+    model, then enqueue it on that model's queue.
 
     A replay with the same ``idempotency_key`` and request returns the first job unchanged.
     Raises :class:`InvalidRequest`, :class:`QueueFull` or :class:`IdempotencyConflict` before writing.
     """
     limits = limits or Limits()
     data = validate_payload(KINDS[kind], payload, limits)
-    req_hash = request_hash(kind, data)
+    req_hash = request_hash(kind, {"base_model": limits.model, **data})
     if idempotency_key and (existing := find_idempotent(session, idempotency_key, kind, req_hash)):
         return existing
     check_capacity(session, limits)
@@ -143,7 +145,7 @@ def submit_job(
         if idempotency_key and (existing := find_idempotent(session, idempotency_key, kind, req_hash)):
             return existing
         raise
-    enqueue_after_commit(queue, job.id)
+    enqueue_after_commit(queue, job)
     return job
 
 
@@ -161,10 +163,11 @@ def list_jobs(
     status: str | None = None,
     kind: str | None = None,
     kinds: Sequence[str] | None = None,
+    base_model: str | None = None,
     cursor: str | None = None,
     limit: int = 20,
 ) -> Page[Job]:
-    """Jobs newest first, optionally filtered by status and kind (``kinds`` restricts further)."""
+    """Jobs newest first, optionally filtered by status, kind and model (``kinds`` restricts further)."""
     errors = []
     if status is not None and status not in JOB_STATUSES:
         errors.append({"loc": ["query", "status"], "msg": f"must be one of {list(JOB_STATUSES)}", "type": "enum"})
@@ -179,6 +182,8 @@ def list_jobs(
         stmt = stmt.where(Job.kind == kind)
     if kinds is not None:
         stmt = stmt.where(Job.kind.in_(kinds))
+    if base_model is not None:
+        stmt = stmt.where(Job.base_model == base_model)
     return paginate(session, stmt, Job, cursor, limit)
 
 

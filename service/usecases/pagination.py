@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import Session
 
 from service.usecases.errors import InvalidRequest
@@ -55,7 +55,8 @@ def paginate(session: Session, stmt: Select[Any], model: Any, cursor: str | None
         raise InvalidRequest([{"loc": ["query", "limit"], "msg": msg, "type": "limit"}])
     if cursor:
         created_at, row_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(model.created_at < created_at, and_(model.created_at == created_at, model.id < row_id)))
+        # A row-value comparison: the database seeks the (created_at, id) index to it instead of filtering.
+        stmt = stmt.where(tuple_(model.created_at, model.id) < tuple_(created_at, row_id))
     rows = list(session.scalars(stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from service.engine.inputs import default_band, find_phrase, layer_problem, template_problem
+from service.engine.inputs import EMBEDDED_MODEL, default_band, find_phrase, layer_problem, template_problem
 from service.engine.judging import DEFAULT_RULE, JudgeRule
 from service.engine.options import (
     DEFAULT_APPLY,
@@ -52,14 +52,20 @@ class Limits:
     max_eval_queries: int = 64
     max_queue_depth: int = 1000
     max_job_attempts: int = 3
-    model: str = ""
+    model: str = EMBEDDED_MODEL
     n_layers: int | None = None
     count_tokens: Callable[[str], int] | None = None
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, n_layers: int | None = None, count_tokens: Callable[[str], int] | None = None
+        cls,
+        settings: Settings,
+        n_layers: int | None = None,
+        count_tokens: Callable[[str], int] | None = None,
+        *,
+        model: str | None = None,
     ) -> Limits:
+        """The configured limits for ``model`` (default: the configured model)."""
         return cls(
             max_prompt_chars=settings.max_prompt_chars,
             max_prompt_tokens=settings.max_prompt_tokens,
@@ -67,7 +73,7 @@ class Limits:
             max_eval_queries=settings.max_eval_queries,
             max_queue_depth=settings.max_queue_depth,
             max_job_attempts=settings.max_job_attempts,
-            model=settings.model,
+            model=model or settings.model,
             n_layers=n_layers,
             count_tokens=count_tokens,
         )

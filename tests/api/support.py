@@ -29,13 +29,13 @@ Snapshot = tuple[dict[str, list[tuple[Any, ...]]], int]
 
 
 def snapshot(factory: sessionmaker[Session], queue: JobQueue) -> Snapshot:
-    """Every row of every table, and the queue depth."""
+    """Every row of every table, and the depth of the model's queue."""
     tables: dict[str, list[tuple[Any, ...]]] = {}
     with factory() as session:
         for table in Base.metadata.sorted_tables:
             rows = session.execute(select(table)).all()
             tables[table.name] = sorted((tuple(r) for r in rows), key=repr)
-    return tables, queue.depth()
+    return tables, queue.for_model(BASE_MODEL).depth()
 
 
 def set_job(factory: sessionmaker[Session], job_id: str, status: str, **values: Any) -> None:
@@ -112,7 +112,8 @@ class FakeWorker(threading.Thread):
 
     def run(self) -> None:
         try:
-            delivery = self.queue.receive("fake-worker", timeout=10)
+            queue = self.queue.for_model(BASE_MODEL)
+            delivery = queue.receive("fake-worker", timeout=10)
             assert delivery is not None
             with self.factory() as session:
                 job = session.get(Job, delivery.job_id)
@@ -122,6 +123,6 @@ class FakeWorker(threading.Thread):
                 self.finish(session, job)
                 job.finished_at = utcnow()
                 session.commit()
-            self.queue.ack(delivery)
+            queue.ack(delivery)
         except BaseException as exc:  # surfaced by the test through .error
             self.error = exc

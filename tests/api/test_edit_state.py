@@ -181,18 +181,21 @@ def test_tampered_delta_is_not_served(client: TestClient, factory: sessionmaker[
     assert b"tampered" not in response.content
 
 
-def test_edit_of_another_base_model_cannot_be_applied(
-    client: TestClient, factory: sessionmaker[Session], queue: InProcessQueue
-) -> None:
+def test_an_edit_changes_the_state_of_its_own_model_only(client: TestClient, factory: sessionmaker[Session]) -> None:
     from service.db import Edit
 
     edit_id = _computed(client, factory)
     with factory() as session:
         session.execute(update(Edit).where(Edit.id == edit_id).values(base_model="other-model"))
         session.commit()
-    before = snapshot(factory, queue)
-    assert "base model" in assert_problem(client.post(f"/v1/edits/{edit_id}/apply"), 409)["detail"]
-    assert snapshot(factory, queue) == before
+    ours = client.get("/v1/model").json()
+    response = client.post(f"/v1/edits/{edit_id}/apply")
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == {"version": 1, "active_edits": [edit_id]}
+    assert client.get("/v1/model").json()["state_version"] == ours["state_version"]  # the gateway's model: untouched
+    other = client.get("/v1/model", params={"model": "other-model"}).json()
+    assert (other["base_model"], other["state_version"], other["active_edits"]) == ("other-model", 1, [edit_id])
+    assert client.post(f"/v1/edits/{edit_id}/revert").json()["state"] == {"version": 2, "active_edits": []}
 
 
 def test_listing_is_stable_for_edits_created_in_the_same_instant(

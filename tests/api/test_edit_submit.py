@@ -27,7 +27,7 @@ def test_submit_edit_creates_pending_edit_and_queued_job(
     assert data["status"] == "pending"
     assert data["job"]["url"] == f"/v1/jobs/{data['job']['id']}"
     assert response.headers["location"] == data["job"]["url"]
-    assert queue.depth() == 1
+    assert queue.for_model(BASE_MODEL).depth() == 1
     with factory() as session:
         edit = session.get(Edit, data["id"])
         job = session.get(Job, data["job"]["id"])
@@ -138,7 +138,7 @@ def test_idempotency_key_replays_and_refuses_a_different_request(
     other = client.post("/v1/edits", json={**EDIT_BODY, "answer": "Kyoto"}, headers={"Idempotency-Key": "k-1"})
     assert_problem(other, 422, "idempotency-key-reused")
     assert snapshot(factory, queue) == before
-    assert queue.depth() == 1
+    assert queue.for_model(BASE_MODEL).depth() == 1
 
 
 def test_prefer_wait_returns_the_finished_edit(
@@ -205,7 +205,7 @@ def test_database_down_is_503_without_a_trace(settings: Settings) -> None:
         for response in (client.post("/v1/edits", json=EDIT_BODY), client.get("/v1/edits"), client.get("/v1/model")):
             problem = assert_problem(response, 503, "database-unavailable")
             assert "Traceback" not in response.text and "psycopg" not in problem["detail"]
-        assert queue.depth() == 0
+        assert queue.for_model(BASE_MODEL).depth() == 0
     engine.dispose()
 
 

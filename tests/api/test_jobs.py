@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import Edit, Job
 from service.jobs import InProcessQueue
-from tests.api.support import EDIT_BODY, FakeWorker, set_job, snapshot
+from tests.api.support import BASE_MODEL, EDIT_BODY, FakeWorker, set_job, snapshot
 from tests.support import assert_problem
 
 LOCATE = {**EDIT_BODY}
@@ -103,7 +103,7 @@ def test_submit_analysis(client: TestClient, factory: sessionmaker[Session], que
     body = response.json()
     assert body["kind"] == kind and body["status"] == "queued" and body["url"] == f"/v1/analyses/{body['id']}"
     assert response.headers["location"] == body["url"]
-    assert queue.depth() == 1
+    assert queue.for_model(BASE_MODEL).depth() == 1
     with factory() as session:
         job = session.get(Job, body["id"])
         assert job is not None and job.kind == kind and job.payload["prompt" if kind != "compositionality" else "cases"]

@@ -36,13 +36,21 @@ def test_model_without_state_or_workers(client: TestClient, factory: sessionmake
     assert response.status_code == 200 and response.headers["etag"] == '"0"'
     assert response.json() == {
         "base_model": BASE_MODEL,
+        "served": False,
+        "family": None,
+        "dtype": None,
+        "n_layers": None,
         "fingerprint": None,
         "state_version": 0,
         "active_edits": [],
+        "pristine_bytes": None,
         "workers": [],
         "converged": False,
     }
     assert snapshot(factory, InProcessQueue()) == before  # reading creates no state row
+
+
+OURS = {"model": BASE_MODEL}  # another model is served too: name ours
 
 
 def test_model_converged_only_when_every_live_worker_is_current(
@@ -52,22 +60,22 @@ def test_model_converged_only_when_every_live_worker_is_current(
     stale = utcnow() - timedelta(seconds=120)
     add_worker(factory, "w-dead", version=0, heartbeat=stale)  # behind, but not alive: ignored
     add_worker(factory, "w-other-model", version=0, base_model="other-model")  # another model: not listed
-    model = client.get("/v1/model").json()
+    model = client.get("/v1/model", params=OURS).json()
     assert model["state_version"] == 1 and model["active_edits"] == [edit_id]
     assert [w["id"] for w in model["workers"]] == ["w-dead"] and model["workers"][0]["alive"] is False
     assert model["converged"] is False and model["fingerprint"] is None  # no live worker
 
     add_worker(factory, "w-1", version=1)
-    model = client.get("/v1/model").json()
+    model = client.get("/v1/model", params=OURS).json()
     assert model["converged"] is True and model["fingerprint"] == "f" * 64
     live = {w["id"]: w for w in model["workers"]}
     assert live["w-1"]["alive"] is True and live["w-1"]["state_version"] == 1 and live["w-1"]["weights_checksum"]
 
     add_worker(factory, "w-2", version=0)
-    assert client.get("/v1/model").json()["converged"] is False
+    assert client.get("/v1/model", params=OURS).json()["converged"] is False
 
     add_worker(factory, "w-3", version=1, status="stopped")
-    model = client.get("/v1/model").json()
+    model = client.get("/v1/model", params=OURS).json()
     assert {w["id"]: w["alive"] for w in model["workers"]}["w-3"] is False
 
 
@@ -139,7 +147,7 @@ def test_metrics_expose_requests_jobs_and_queue(client: TestClient, factory: ses
         (requests, ("method", "POST"), ("route", "/v1/edits"), ("status", "413")): 1.0,
         (requests, ("method", "GET"), ("route", "/v1/edits/{edit_id}"), ("status", "404")): 1.0,
         (requests, ("method", "GET"), ("route", "<unmatched>"), ("status", "404")): 1.0,
-        ("creme_queue_depth",): 2.0,
+        ("creme_queue_depth", ("base_model", BASE_MODEL)): 2.0,
         ("creme_jobs", ("kind", "edit"), ("status", "queued")): 1.0,
         ("creme_jobs", ("kind", "edit"), ("status", "succeeded")): 1.0,
         ("creme_job_duration_seconds_count", ("kind", "edit"), ("status", "succeeded")): 1.0,
@@ -204,10 +212,11 @@ def test_submit_edit_through_redis(settings: Settings, factory: sessionmaker[Ses
             assert bad.status_code == 422 and snapshot(factory, queue) == before
             response = client.post("/v1/edits", json=EDIT_BODY)
             assert response.status_code == 202
-            assert queue.depth() == 1
-            delivery = queue.receive("test-worker", timeout=2)
+            model_queue = queue.for_model(BASE_MODEL)
+            assert model_queue.stream == f"{prefix}:jobs:{BASE_MODEL}" and model_queue.depth() == 1
+            delivery = model_queue.receive("test-worker", timeout=2)
             assert delivery is not None and delivery.job_id == response.json()["job"]["id"]
-            queue.ack(delivery)
+            model_queue.ack(delivery)
             add_worker(factory, "w-1", version=0)
             assert client.get("/readyz").status_code == 200
     finally:

@@ -76,9 +76,9 @@ def test_every_integer_of_every_request_body_is_strict(app: FastAPI) -> None:
         (path, method.upper())
         for path, item in app.openapi()["paths"].items()
         for method, operation in item.items()
-        if "requestBody" in operation
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
     }
-    assert set(bodies) == documented  # every body the API takes is checked here
+    assert set(bodies) == documented  # every JSON body the API takes is checked here (a delta import is bytes)
     lax = {str(body): list(_lax_integers(body.__pydantic_core_schema__)) for body in bodies.values()}
     assert {body: found for body, found in lax.items() if found} == {}
     assert list(_lax_integers({"type": "int", "ge": 1})) == [{"type": "int", "ge": 1}]  # the walk finds them

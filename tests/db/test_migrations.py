@@ -6,8 +6,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, insert, inspect, select
 
-from service.db import Base, Edit, Worker, make_engine, utcnow
+from service.db import Base, Edit, Job, ModelState, Worker, make_engine, utcnow
 from service.db.migrate import current_revision, downgrade, head_revision, script_location, upgrade
+from service.engine.inputs import EMBEDDED_MODEL
 
 
 def _tables(url: str) -> set[str]:
@@ -31,7 +32,7 @@ def _diffs(url: str, metadata: MetaData) -> list[object]:
 def test_script_location_is_the_migrations_package() -> None:
     assert (script_location() / "env.py").is_file()
     assert (script_location() / "script.py.mako").is_file()
-    assert head_revision() == "0004"
+    assert head_revision() == "0005"
 
 
 def test_upgrade_from_empty_creates_all_tables(empty_url: str) -> None:
@@ -136,6 +137,63 @@ def test_0004_lets_bridge_and_answer_wait_for_inference_and_keeps_the_edits(empt
         with engine.connect() as conn:
             rows = conn.execute(select(edits.c.id, edits.c.bridge, edits.c.answer).order_by(edits.c.id)).all()
         assert rows == [("given", "Japan", "Tokyo"), ("inferred", "", "")]
+    finally:
+        engine.dispose()
+
+
+def _job_row(job_id: str, kind: str) -> dict[str, object]:
+    return {"id": job_id, "kind": kind, "payload": {}, "status": "queued", "progress": {}, "created_at": utcnow()}
+
+
+def test_0005_gives_every_job_its_model_and_keeps_the_rows(empty_url: str) -> None:
+    upgrade(empty_url, "0004")
+    engine = make_engine(empty_url)
+    jobs, edits = Job.__table__, Edit.__table__
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(edits).values(**{**_edit_row("e1", "Japan", "Tokyo"), "job_id": "j-edit"}))
+            for job_id, kind in (("j-edit", "edit"), ("j-lens", "logit-lens")):
+                conn.execute(insert(jobs).values(**_job_row(job_id, kind)))
+            conn.execute(insert(ModelState.__table__).values(base_model="m-state", version=1, active_edit_ids=[]))
+            row = {"id": "w1", "host": "h", "base_model": "m-worker", "model_fingerprint": "f", "state_version": 0}
+            conn.execute(insert(Worker.__table__).values(**row, status="idle", last_heartbeat=utcnow()))
+
+        upgrade(empty_url, "0005")
+        with engine.connect() as conn:  # an edit's job takes its edit's model; another job the newest state's
+            rows = conn.execute(select(jobs.c.id, jobs.c.base_model).order_by(jobs.c.id)).all()
+            assert rows == [("j-edit", "m"), ("j-lens", "m-state")]
+            assert conn.execute(select(Worker.family, Worker.dtype, Worker.pristine_bytes)).all() == [
+                (None, None, None)
+            ]
+        [column] = [c for c in inspect(engine).get_columns("jobs") if c["name"] == "base_model"]
+        assert not column["nullable"]
+        indexes = {i["name"] for i in inspect(engine).get_indexes("edits")}
+        assert {"ix_edits_created_at_id", "ix_edits_base_model_created_at_id"} <= indexes
+
+        downgrade(empty_url, "0004")
+        assert "base_model" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+        with engine.connect() as conn:
+            assert conn.execute(select(jobs.c.id).order_by(jobs.c.id)).scalars().all() == ["j-edit", "j-lens"]
+    finally:
+        engine.dispose()
+
+
+def test_0005_falls_back_to_the_last_worker_then_the_embedded_model(empty_url: str) -> None:
+    upgrade(empty_url, "0004")
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Job.__table__).values(**_job_row("j1", "generate")))
+        upgrade(empty_url, "0005")
+        with engine.connect() as conn:
+            assert conn.execute(select(Job.base_model)).scalars().all() == [EMBEDDED_MODEL]
+        downgrade(empty_url, "0004")
+        with engine.begin() as conn:
+            row = {"id": "w1", "host": "h", "base_model": "m-worker", "model_fingerprint": "f", "state_version": 0}
+            conn.execute(insert(Worker.__table__).values(**row, status="idle", last_heartbeat=utcnow()))
+        upgrade(empty_url, "0005")
+        with engine.connect() as conn:
+            assert conn.execute(select(Job.base_model)).scalars().all() == ["m-worker"]
     finally:
         engine.dispose()
 

@@ -59,7 +59,7 @@ def test_edit_defaults_and_round_trip(session: Session, factory: sessionmaker[Se
 def test_datetimes_are_stored_as_utc(session: Session, factory: sessionmaker[Session]) -> None:
     tokyo = timezone(timedelta(hours=9))
     local = datetime(2025, 1, 2, 9, 30, tzinfo=tokyo)
-    job = Job(kind="locate", payload={}, lease_expires_at=local)
+    job = Job(kind="locate", base_model="m", payload={}, lease_expires_at=local)
     session.add(job)
     session.commit()
     with factory() as other:
@@ -74,7 +74,7 @@ def test_datetimes_are_stored_as_utc(session: Session, factory: sessionmaker[Ses
 
 
 def test_job_defaults(session: Session) -> None:
-    job = Job(kind="edit", payload={"edit_id": "x"})
+    job = Job(kind="edit", base_model="m", payload={"edit_id": "x"})
     session.add(job)
     session.commit()
     session.expire_all()
@@ -86,10 +86,12 @@ def test_job_defaults(session: Session) -> None:
 
 
 def test_job_idempotency_key_is_unique(session: Session) -> None:
-    session.add_all([Job(kind="edit", payload={}), Job(kind="edit", payload={})])  # NULLs may repeat
-    session.add(Job(kind="edit", payload={}, idempotency_key="k1", request_hash="h"))
+    session.add_all(
+        [Job(kind="edit", base_model="m", payload={}), Job(kind="edit", base_model="m", payload={})]
+    )  # NULLs may repeat
+    session.add(Job(kind="edit", base_model="m", payload={}, idempotency_key="k1", request_hash="h"))
     session.commit()
-    session.add(Job(kind="score", payload={}, idempotency_key="k1"))
+    session.add(Job(kind="score", base_model="m", payload={}, idempotency_key="k1"))
     with pytest.raises(IntegrityError):
         session.commit()
     session.rollback()
@@ -136,9 +138,9 @@ def test_delta_bytes_and_cascade(session: Session, engine: Engine) -> None:
 
 def test_session_scope_commits_and_rolls_back(factory: sessionmaker[Session]) -> None:
     with session_scope(factory) as s:
-        s.add(Job(id="kept", kind="generate", payload={}))
+        s.add(Job(id="kept", kind="generate", base_model="m", payload={}))
     with pytest.raises(RuntimeError), session_scope(factory) as s:
-        s.add(Job(id="dropped", kind="generate", payload={}))
+        s.add(Job(id="dropped", kind="generate", base_model="m", payload={}))
         s.flush()
         raise RuntimeError("boom")
     with factory() as s:

@@ -9,22 +9,24 @@ from typing import Any
 
 import pytest
 import schemathesis
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import strategies as st
 from schemathesis import BaseSchema
 from schemathesis.config import SchemathesisConfig
 from schemathesis.hooks import HookContext
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import make_engine, make_session_factory
+from service.db import StoredDelta, make_engine, make_session_factory
 from service.db.migrate import upgrade
 from service.engine.creme import CompositionalQuery, compute_edit
-from service.engine.delta import EditDelta
+from service.engine.delta import EditDelta, LayerFactors, sha256_hex
 from service.engine.loading import LoadedModel
 from service.jobs import InProcessQueue
 from service.settings import Settings
-from tests.api.support import EDIT_BODY, add_worker, set_job
+from tests.api.support import BASE_MODEL, EDIT_BODY, add_worker, set_job
 from tests.api.support import compute_edit as store_computed_edit
 from tests.fixtures.app import api_settings, build_app
 from tests.fixtures.db import BACKENDS, reset_postgres
@@ -63,6 +65,14 @@ LENS_RESULT = {  # a made-up two-layer logit lens for the second seeded lens job
 }
 
 
+def small_delta() -> bytes:
+    """A delta of the seeded edits' layers (4 and 5) for the seeded worker's model (fingerprint ``"f" * 64``):
+    stored for the computed edits (their PEFT adapter is made from it) and, at times, the body of an import."""
+    factors = tuple(LayerFactors(layer, torch.full((8, 1), 0.5), torch.full((8, 1), 0.25)) for layer in (4, 5))
+    query = {"prompt": CASE["compositional"], "hop1_phrase": CASE["hop1_phrase"], "bridge": "Japan", "answer": "Tokyo"}
+    return EditDelta(factors, "f" * 64, "llama", method="creme", params={"query": query}).to_bytes()
+
+
 @dataclass(frozen=True)
 class Seeded:
     """Rows put in the database before fuzzing, so ids in paths sometimes name real ones."""
@@ -89,8 +99,13 @@ def seed(app: FastAPI, factory: sessionmaker[Session]) -> Seeded:
             assert response.status_code == 202, response.text
             edit_ids.append(response.json()["id"])
             job_ids.append(response.json()["job"]["id"])
+        delta = small_delta()
         for edit_id in edit_ids[:2]:
             store_computed_edit(factory, edit_id)
+            with factory() as session:
+                stored = update(StoredDelta).where(StoredDelta.edit_id == edit_id)
+                session.execute(stored.values(data=delta, sha256=sha256_hex(delta)))
+                session.commit()
         response = client.post(f"/v1/edits/{edit_ids[0]}/apply")
         assert response.status_code == 200, response.text
         response = client.post("/v1/score", json={"prompt": "The capital of Japan is", "answers": ["Tokyo"]})
@@ -151,16 +166,20 @@ def api_schema(fuzz_factory: sessionmaker[Session]) -> Iterator[BaseSchema]:
     @schema.hook
     def flatmap_body(context: object, body: Any) -> st.SearchStrategy:
         """Sometimes mend what the schema cannot say, so generated bodies pass validation and reach the database."""
+        path = getattr(getattr(context, "operation", None), "path", "")
+        if path.endswith(":import"):  # random bytes are never a delta for the served model: sometimes send one
+            return st.sampled_from([body, small_delta()])
         if not isinstance(body, dict):
             return st.just(body)
         mended = dict(body)
-        path = getattr(getattr(context, "operation", None), "path", "")
         if path.endswith("/intervention") and not isinstance(body.get("hop1_phrase"), str):
             mended["hop1_phrase"] = "Japan"  # without bridge and answer, an intervention needs a first-hop phrase
         if isinstance(mended.get("prompt"), str) and isinstance(mended.get("hop1_phrase"), str):
             mended["prompt"] = f"{mended['prompt']} {mended['hop1_phrase']}"  # the hop-1 phrase occurs in the prompt
         if isinstance(body.get("cases"), list):
             mended["cases"] = [CASE]  # the schema leaves a case's fields open
+        if "model" in mended:
+            mended["model"] = BASE_MODEL  # a random name is no model served here
         return st.sampled_from([body, mended])
 
     yield schema

@@ -81,6 +81,7 @@ def test_ids_with_nul_are_not_found(client: TestClient, app: FastAPI, factory: s
         ("POST", f"/v1/edits/{edit}/apply"),
         ("POST", f"/v1/edits/{edit}/revert"),
         ("GET", f"/v1/edits/{edit}/delta"),
+        ("GET", f"/v1/edits/{edit}/peft"),
         ("GET", f"/v1/jobs/{job}"),
         ("POST", f"/v1/jobs/{job}/cancel"),
         ("GET", f"/v1/analyses/{job}"),

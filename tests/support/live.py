@@ -29,12 +29,13 @@ START_SECONDS = 120
 
 @dataclass(frozen=True)
 class LiveService:
-    """Where the service listens, its app and database, and the API keys made for it (token by scope)."""
+    """Where the service listens, its app and database, the API keys made for it (token by scope), and its worker."""
 
     url: str
     app: FastAPI
     factory: sessionmaker[Session]
     keys: dict[str, str] = field(default_factory=dict)
+    worker: Worker | None = None
 
 
 @contextmanager
@@ -75,7 +76,7 @@ def live_service(folder: Path, key_scopes: Sequence[str] = ()) -> Iterator[LiveS
         assert worker.ready.wait(START_SECONDS), "the worker did not become ready"
         app = create_app(settings, session_factory=factory, queue=queue, n_layers=lm.n_layers, tokenizer=lm.tokenizer)
         with serve(app) as url:
-            yield LiveService(url, app, factory, keys)
+            yield LiveService(url, app, factory, keys, worker)
     finally:
         worker.stop()
         queue.close()

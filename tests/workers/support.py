@@ -31,13 +31,23 @@ CASE = {
 }
 
 Factory = sessionmaker[Session]
+TEST_MODEL = "test-model"  # the model of a job whose test names none
 Pair = tuple[LoadedModel, LoadedModel]  # two workers of one base model (``tiny_pair``, ``pair``)
 
 
-def add_job(factory: Factory, kind: str, payload: dict[str, Any], *, age: float = 0.0, **columns: Any) -> str:
-    """Insert a job row (queued unless told otherwise), created ``age`` seconds ago; return its id."""
+def add_job(
+    factory: Factory, kind: str, payload: dict[str, Any], *, model: str | None = None, age: float = 0.0, **columns: Any
+) -> str:
+    """Insert a job row (queued unless told otherwise) of ``model``, created ``age`` seconds ago; return its id.
+
+    Without ``model``, an edit job is of its edit's model and any other of :data:`TEST_MODEL`.
+    """
     with factory() as session:
-        job = Job(kind=kind, payload=payload, created_at=utcnow() - timedelta(seconds=age), **columns)
+        if model is None:
+            edit = session.get(Edit, payload["edit_id"]) if "edit_id" in payload else None
+            model = edit.base_model if edit is not None else TEST_MODEL
+        created_at = utcnow() - timedelta(seconds=age)
+        job = Job(kind=kind, base_model=model, payload=payload, created_at=created_at, **columns)
         session.add(job)
         session.commit()
         return job.id

@@ -15,12 +15,12 @@ from service.jobs import InProcessQueue
 from service.jobs.redis_queue import RedisQueue
 from service.problems import CANCELLED, PROBLEM_BASE, cancelled_problem
 from service.usecases.jobs import cancel_job
-from tests.workers.support import Factory, add_edit, add_job, get
+from tests.workers.support import TEST_MODEL, Factory, add_edit, add_job, get
 from workers.claims import claim, extend_lease, finish, is_cancel_requested, release, report_progress, sweep
 
 LEASE = 30.0
 CANCELLED_TYPE = PROBLEM_BASE + CANCELLED
-MODEL = SimpleNamespace(name="test-model", fingerprint="f" * 32)  # all add_edit needs of a model
+MODEL = SimpleNamespace(name=TEST_MODEL, fingerprint="f" * 32)  # all add_edit needs of a model
 
 
 def _expire(factory: Factory, job_id: str, **values: object) -> None:
@@ -156,7 +156,9 @@ def test_every_way_of_cancelling_an_edit_records_the_one_cancelled_problem(facto
     _expire(factory, jobs["sweep-running"][0])
     with factory() as session:
         assert claim(session, jobs["claim"][0], "a", LEASE) is None
-        assert sorted(sweep(session, queue).cancelled) == sorted(jobs[w][0] for w in ("sweep-queued", "sweep-running"))
+        assert sorted(sweep(session, queue, base_model=TEST_MODEL).cancelled) == sorted(
+            jobs[w][0] for w in ("sweep-queued", "sweep-running")
+        )
     for way, (job_id, edit_id) in jobs.items():
         job, edit = get(factory, Job, job_id), get(factory, Edit, edit_id)
         outcome = (job.status, job.progress["message"], job.error["type"], edit.status, edit.error["type"])
@@ -184,13 +186,13 @@ def test_sweep_requeues_queued_jobs_the_queue_lost(
     lost = add_job(factory, "generate", {"prompt": "Hi"}, age=60)
     fresh = add_job(factory, "generate", {"prompt": "Hi"})  # the gateway may be enqueueing it right now
     with factory() as session:
-        report = sweep(session, queue)
+        report = sweep(session, queue, base_model=TEST_MODEL)
     assert report.requeued == [lost] and fresh not in report.requeued
     delivery = queue.receive("w", timeout=1)
     assert delivery is not None and delivery.job_id == lost
     assert queue.receive("w", timeout=0.1) is None
     with factory() as session:  # once per requeue interval, however many workers sweep
-        assert sweep(session, queue).requeued == []
+        assert sweep(session, queue, base_model=TEST_MODEL).requeued == []
 
 
 @pytest.mark.redis
@@ -199,7 +201,7 @@ def test_sweep_leaves_jobs_the_queue_still_holds(factory: Factory, make_redis_qu
     job_id = add_job(factory, "generate", {"prompt": "Hi"}, age=60)
     queue.enqueue(job_id)
     with factory() as session:
-        assert sweep(session, queue).requeued == []
+        assert sweep(session, queue, base_model=TEST_MODEL).requeued == []
     assert queue.depth() == 1
 
 
@@ -211,7 +213,7 @@ def test_sweep_retries_jobs_of_dead_workers(factory: Factory, make_redis_queue: 
         assert claim(session, job_id, "dead", LEASE) is not None
     _expire(factory, job_id)
     with factory() as session:
-        report = sweep(session, queue)
+        report = sweep(session, queue, base_model=TEST_MODEL)
     assert report.retried == [job_id] and not report.failed
     job = get(factory, Job, job_id)
     assert (job.status, job.claimed_by, job.attempts) == ("queued", None, 1)
@@ -233,7 +235,7 @@ def test_sweep_fails_jobs_past_max_attempts(factory: Factory, make_redis_queue: 
             assert claim(session, job_id, "dead", LEASE) is not None
         _expire(factory, job_id)
         with factory() as session:
-            sweep(session, queue)
+            sweep(session, queue, base_model=TEST_MODEL)
     job = get(factory, Job, job_id)
     assert job.status == "failed" and job.attempts == 2
     assert job.error["title"] == "job abandoned"
@@ -254,6 +256,6 @@ def test_sweep_cancels_flagged_jobs_of_dead_workers(
         assert claim(session, job_id, "dead", LEASE) is not None
     _expire(factory, job_id, cancel_requested=True)
     with factory() as session:
-        assert sweep(session, queue).cancelled == [job_id]
+        assert sweep(session, queue, base_model=TEST_MODEL).cancelled == [job_id]
     assert get(factory, Job, job_id).status == "cancelled"
     assert queue.depth() == 0

@@ -36,7 +36,8 @@ def test_two_workers_share_jobs_recover_a_dead_one_and_converge(
     factory: Factory, pair: Pair, make_redis_queue: Callable[..., RedisQueue]
 ) -> None:
     # A job a dead worker held: its lease ran out and it has attempts left.
-    ghost = add_job(factory, "score", {"prompt": "Hi", "answers": ["there"]})
+    model = pair[0].name
+    ghost = add_job(factory, "score", {"prompt": "Hi", "answers": ["there"]}, model=model)
     with factory() as session:
         assert claim(session, ghost, "ghost", 60.0) is not None
         session.execute(update(Job).where(Job.id == ghost).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
@@ -46,7 +47,7 @@ def test_two_workers_share_jobs_recover_a_dead_one_and_converge(
         WorkerProcess(_settings(name), lm, factory, make_redis_queue(), poll_seconds=0.2, sweep_seconds=0.5)
         for name, lm in zip(("w-a", "w-b"), pair, strict=True)
     ]
-    gateway = make_redis_queue()
+    gateway = make_redis_queue().for_model(model)  # the model's stream, which its workers consume
     try:
         for worker in workers:
             worker.start()
@@ -56,7 +57,9 @@ def test_two_workers_share_jobs_recover_a_dead_one_and_converge(
         assert finished_job(factory, ghost, 30).status == "succeeded"
         assert get(factory, Job, ghost).attempts == 2
 
-        jobs = [add_job(factory, "generate", {"prompt": f"Count {i}", "max_new_tokens": 2}) for i in range(6)]
+        jobs = [
+            add_job(factory, "generate", {"prompt": f"Count {i}", "max_new_tokens": 2}, model=model) for i in range(6)
+        ]
         for job_id in jobs:
             gateway.enqueue(job_id)
         done = [finished_job(factory, job_id, 30) for job_id in jobs]
@@ -105,7 +108,7 @@ def test_stopping_mid_edit_releases_the_job(factory: Factory, pair: Pair) -> Non
     job = get(factory, Job, job_id)
     assert (job.status, job.claimed_by, job.attempts) == ("queued", None, 0)
     assert get(factory, Edit, edit_id).status == "pending"
-    redelivered = queue.receive("other", timeout=1)  # handed back for another worker
+    redelivered = queue.for_model(pair[0].name).receive("other", timeout=1)  # handed back for another worker
     assert redelivered is not None and redelivered.job_id == job_id
     queue.close()
 
@@ -142,6 +145,9 @@ class _FlakyQueue(InProcessQueue):
             self.failures[op] -= 1
             raise QueueUnavailable(f"{op} failed (test)")
 
+    def for_model(self, model: str) -> _FlakyQueue:
+        return self  # the one model's queue: the worker takes its failures
+
     def receive(self, consumer: str, timeout: float) -> Delivery | None:
         self._fail("receive")
         return super().receive(consumer, timeout)
@@ -156,7 +162,7 @@ def test_queue_outages_are_survived(factory: Factory, pair: Pair) -> None:
     worker = WorkerProcess(_settings("w-flaky"), pair[0], factory, queue, poll_seconds=0.1)
     worker.start()
     try:
-        job_id = add_job(factory, "generate", {"prompt": "Hi", "max_new_tokens": 2})
+        job_id = add_job(factory, "generate", {"prompt": "Hi", "max_new_tokens": 2}, model=pair[0].name)
         queue.enqueue(job_id)
         assert finished_job(factory, job_id, 30).status == "succeeded"
         wait_for("the failed ack to be retried", lambda: queue.depth() == 0, 10, interval=0.05)
@@ -173,12 +179,12 @@ def test_database_outages_are_survived(factory: Factory, pair: Pair) -> None:
             raise OperationalError("connect", None, ConnectionRefusedError("database down (test)"))
         return factory()
 
-    queue = InProcessQueue()
+    queue = InProcessQueue().for_model(pair[0].name)
     worker = WorkerProcess(_settings("w-dbdown"), pair[0], flaky_factory, queue, poll_seconds=0.1)  # type: ignore[arg-type]
     worker.start()
     try:
         assert worker.ready.wait(30)
-        job_id = add_job(factory, "generate", {"prompt": "Hi", "max_new_tokens": 2})
+        job_id = add_job(factory, "generate", {"prompt": "Hi", "max_new_tokens": 2}, model=pair[0].name)
         down.set()
         queue.enqueue(job_id)
         time.sleep(1.5)

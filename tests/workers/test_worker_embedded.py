@@ -37,7 +37,7 @@ def embedded(smol_lm: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> 
     upgrade(url)
     engine = make_engine(url)
     factory = make_session_factory(engine)
-    queue = InProcessQueue()
+    queue = InProcessQueue().for_model(smol_lm.name)  # the queue the worker consumes
     settings = Settings(
         database_url=url,
         worker_id="embedded-worker",
@@ -57,7 +57,7 @@ def embedded(smol_lm: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _run(env: Embedded, kind: str, payload: dict, timeout: float = 60.0, **columns: object) -> Job:
-    job_id = add_job(env.factory, kind, payload, **columns)
+    job_id = add_job(env.factory, kind, payload, model=env.worker.lm.name, **columns)
     env.queue.enqueue(job_id)
     return finished_job(env.factory, job_id, timeout)
 
@@ -135,7 +135,7 @@ def test_a_cancelled_queued_job_never_runs(embedded: Embedded) -> None:
     flagged = _run(embedded, "generate", {"prompt": "Hello"}, cancel_requested=True)
     assert flagged.status == "cancelled" and flagged.started_at is None and flagged.attempts == 0
 
-    job_id = add_job(embedded.factory, "generate", {"prompt": "Hello"})
+    job_id = add_job(embedded.factory, "generate", {"prompt": "Hello"}, model=embedded.worker.lm.name)
     with embedded.factory() as session:  # cancelled by the API before any worker saw it
         session.execute(update(Job).where(Job.id == job_id).values(status="cancelled"))
         session.commit()
