@@ -22,11 +22,12 @@ ModelQuery = Annotated[
 
 @router.get("/models", response_model=ModelList, responses=problems(503))
 def list_models(session: SessionDep, settings: SettingsDep) -> ModelList:
-    """The base models served (a live worker holds them), and the gateway's own model even while none does."""
-    statuses = served_models(session, settings.worker_lease_seconds)
-    if settings.model not in {s.base_model for s in statuses}:
-        statuses.insert(0, model_status(session, settings.model, settings.worker_lease_seconds))
-    return ModelList(items=[model_out(status) for status in statuses])
+    """The base models served (a live worker holds them): the gateway's own first, even unserved, then by name."""
+    served = served_models(session, settings.worker_lease_seconds)
+    own = next((s for s in served if s.base_model == settings.model), None)
+    own = own or model_status(session, settings.model, settings.worker_lease_seconds)
+    others = [s for s in served if s.base_model != settings.model]
+    return ModelList(items=[model_out(status) for status in (own, *others)])
 
 
 @router.get("/model", response_model=ModelOut, responses=problems(404, 422, 503))

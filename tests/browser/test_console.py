@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import delete
 
+from service.db import Job, Worker
+from service.engine.inputs import EMBEDDED_MODEL
 from service.keys import create_key, revoke_key
+from tests.api.support import add_worker
 from tests.browser.support import WatchedPage, screenshot
 from tests.engine.helpers import failing_case
 from tests.support.live import LiveService, live_service
@@ -253,3 +257,26 @@ def test_a_key_is_asked_for_on_401_and_sent_as_bearer(watched: WatchedPage, serv
         with service.factory() as session:
             revoke_key(session, key.id)
     watched.assert_clean()
+
+
+def test_a_model_is_chosen_when_several_are_served(watched: WatchedPage, service: LiveService) -> None:
+    add_worker(service.factory, "w-other", version=0, base_model="/models/other", n_layers=4)  # a second model
+    try:
+        page = open_view(watched, service, "new")
+        expect(field(page, "Model").locator("option")).to_have_text(
+            [f"{EMBEDDED_MODEL} (30 layers)", "/models/other (4 layers)"]
+        )
+        screenshot(page, "console-two-models")
+        page.get_by_role("link", name="Analyses").click()
+        field(page, "Model").select_option(EMBEDDED_MODEL)
+        field(page, "Prompt").fill(CASE.compositional)
+        page.get_by_role("button", name="Run analysis").click()
+        page.wait_for_url(re.compile(r".*#/analyses/[0-9a-f-]{36}.*"))
+        job_id = re.search(r"#/analyses/([0-9a-f-]{36})", page.url).group(1)  # type: ignore[union-attr]
+        with service.factory() as session:
+            assert session.get(Job, job_id).base_model == EMBEDDED_MODEL  # type: ignore[union-attr]
+        watched.assert_clean()
+    finally:
+        with service.factory() as session:
+            session.execute(delete(Worker).where(Worker.id == "w-other"))
+            session.commit()

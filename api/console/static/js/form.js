@@ -1,5 +1,6 @@
 // Form fields with labels and hints, and the field errors of a 422 problem shown next to them.
 
+import { get } from "./api.js";
 import { fill, h } from "./dom.js";
 import { parseLayers } from "./format.js";
 import { InputError, fieldErrors, problemOf, problemView } from "./problem.js";
@@ -32,6 +33,22 @@ export function field(
     hint ? h("p", { class: "hint", id: `${id}-hint`, text: hint }) : null,
     h("p", { class: "field-error", id: `${id}-error`, role: "alert" }),
   );
+}
+
+/** A "Model" select of the base models served, when there are several (with one, the service picks it); else null. */
+export async function modelField(prefix, selected) {
+  const served = (await get("/v1/models")).items.filter((model) => model.served);
+  if (served.length < 2) return null;
+  const names = served.map((model) => model.base_model);
+  return field(prefix, {
+    name: "model",
+    label: "Model",
+    type: "select",
+    required: true,
+    value: names.includes(selected) ? selected : names[0],
+    options: served.map((m) => [m.base_model, `${m.base_model} (${m.n_layers ?? "?"} layers)`]),
+    hint: "The service serves several base models: the one to work on.",
+  });
 }
 
 /** The form's values by field name, trimmed; empty optional values are left out. */

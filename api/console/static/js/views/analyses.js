@@ -2,7 +2,7 @@
 
 import { get, post, withQuery } from "../api.js";
 import { fill, h, section, table } from "../dom.js";
-import { field, handleSubmit, layersField, values } from "../form.js";
+import { field, handleSubmit, layersField, modelField, values } from "../form.js";
 import { splitList, when } from "../format.js";
 import { every } from "../poll.js";
 import { ANALYSIS_KINDS, ANALYSIS_NAMES, freshness, pageHeader, statusBadge } from "../widgets.js";
@@ -57,10 +57,11 @@ async function prefill(query) {
     answer: edit.answer,
     targets,
     layers: "",
+    model: edit.base_model,
   };
 }
 
-function startForm(query, initial, signal) {
+async function startForm(query, initial, signal) {
   const editId = query.get("edit");
   const errorBox = h("div", { class: "form-errors" });
   const kindSelect = field("analysis", {
@@ -75,6 +76,7 @@ function startForm(query, initial, signal) {
   const form = h(
     "form",
     { class: "stack", id: "new-analysis", novalidate: true },
+    await modelField("analysis", initial.model),
     kindSelect,
     FIELDS.map((spec) => field("analysis", { ...spec, value: initial[spec.name] ?? "" })),
     h("div", { class: "actions" }, submit),
@@ -92,7 +94,9 @@ function startForm(query, initial, signal) {
     errorBox,
     heading: "The analysis could not start",
     action: async () => {
-      const accepted = await post(`/v1/analyses/${kind()}`, KINDS[kind()].body(values(form)));
+      const given = values(form);
+      const body = { ...KINDS[kind()].body(given), ...(given.model ? { model: given.model } : {}) };
+      const accepted = await post(`/v1/analyses/${kind()}`, body);
       if (!signal.aborted) location.hash = withQuery(`#/analyses/${accepted.id}`, { edit: editId });
     },
   });
@@ -139,7 +143,7 @@ function recentList(signal) {
 export async function render(main, { query, signal }) {
   const initial = await prefill(query);
   const recent = recentList(signal);
-  fill(main, pageHeader("Analyses"), startForm(query, initial, signal), recent.element);
+  fill(main, pageHeader("Analyses"), await startForm(query, initial, signal), recent.element);
   await recent.refresh();
   every(REFRESH_MS, recent.refresh, signal, recent.failed);
 }

@@ -3,7 +3,7 @@
 import { post } from "../api.js";
 import { fill, h } from "../dom.js";
 import { progressView, waitForJob } from "../jobs.js";
-import { field, handleSubmit, layersField, showError, values } from "../form.js";
+import { field, handleSubmit, layersField, modelField, showError, values } from "../form.js";
 import { pageHeader } from "../widgets.js";
 
 const FIELDS = [
@@ -81,6 +81,7 @@ export async function render(main, { query, signal }) {
   const form = h(
     "form",
     { class: "stack", id: "new-edit", novalidate: true, "aria-describedby": "new-edit-intro" },
+    await modelField("edit", query.get("model")),
     FIELDS.map((spec) => field("edit", { ...spec, value: query.get(spec.name) ?? spec.value ?? "" })),
     h("div", { class: "actions" }, submit),
   );
