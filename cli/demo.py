@@ -17,7 +17,7 @@ from cli.common import first_line, fmt_p
 from service.engine.cases import TwoHopCase, load_cases
 from service.engine.compositionality import check_cases
 from service.engine.context import EditContext
-from service.engine.creme import CompositionalQuery, default_layers
+from service.engine.creme import CompositionalQuery, default_layers, wider_layers
 from service.engine.judging import is_correct
 from service.engine.loading import LoadedModel
 from service.engine.methods import compute_with, method_spec
@@ -76,10 +76,11 @@ def run_demo(lm: LoadedModel, cache_dir: Path | None) -> int:
     started = time.perf_counter()
     result = compute_with(
         ctx, query, layers, method_spec(DEFAULT_METHOD), answer=case.answer, answer_aliases=case.answer_aliases,
-        progress=lambda step, total, message: _progress(f"{message} ({step}/{total})"),
+        wider_layers=wider_layers(lm), progress=lambda step, total, message: _progress(f"{message} ({step}/{total})"),
     )  # fmt: skip
     seconds, gain = time.perf_counter() - started, result.delta.params.get("gain", 1.0)
-    print(f"   computed in {seconds:.1f} s: changes to {len(layers)} attention output matrices (gain {gain:g})")
+    edited = result.delta.layers
+    print(f"   computed in {seconds:.1f} s: changes to {len(edited)} attention output matrices (gain {gain:g})")
 
     _step("3. Checking it as `apply: if_safe` does, then applying it")
     safety = check_safety(ctx, result.delta, Canary(case.compositional, case.answer, case.answer_aliases))

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.db.models import Edit, Job, StoredDelta, utcnow
 from service.db.session import session_scope
-from service.engine.creme import EditCancelled, default_layers
+from service.engine.creme import EditCancelled, default_layers, wider_layers
 from service.engine.delta import sha256_hex
 from service.engine.evaluate import PARAPHRASE_FRAME, EvalSets, Probe, evaluate_edit
 from service.engine.infer import InferredQuery, infer_query
@@ -128,8 +128,10 @@ def run_edit(job: Job, payload: EditPayload, ctx: JobContext) -> dict[str, Any]:
 
 def _compute_and_apply(job: Job, edit: _EditRow, query: InferredQuery, ctx: JobContext) -> dict[str, Any]:
     lm, req, answer = ctx.lm, edit.request, query.answer
-    layers = edit.layers or req.layers or default_layers(lm)
-    total = len(layers) + 2
+    chosen = edit.layers or req.layers  # a band the request named is kept; the default one auto may widen
+    layers = chosen or default_layers(lm)
+    wider = wider_layers(lm) if edit.method == "auto" and not chosen else None
+    total = len(layers) + len(wider or []) + 2
     version = ctx.reconciler.version
     aliases = tuple(req.answer_aliases)
     result = compute_with(
@@ -140,10 +142,12 @@ def _compute_and_apply(job: Job, edit: _EditRow, query: InferredQuery, ctx: JobC
         answer=answer,
         answer_aliases=aliases,
         rule=req.judge,
+        wider_layers=wider,
         progress=lambda step, _n, message: progress(ctx, job, step, total, message),
         should_cancel=lambda: cancelled(ctx, job),
     )
-    progress(ctx, job, len(layers) + 1, total, "evaluating and checking canaries")
+    layers = result.delta.layers  # the band auto chose
+    progress(ctx, job, total - 1, total, "evaluating and checking canaries")
     sets = eval_sets(req, answer)
     evaluation = evaluate_edit(lm, ctx.weights, result.delta, sets, edited_answer=answer, rule=req.judge)
     safety = check_safety(ctx.edit_context, result.delta, Canary(req.prompt, answer, aliases), req.judge)
@@ -179,7 +183,7 @@ def _compute_and_apply(job: Job, edit: _EditRow, query: InferredQuery, ctx: JobC
             base_fingerprint=lm.fingerprint,
             error=None,
         )
-    progress(ctx, job, len(layers) + 2, total, "applying")
+    progress(ctx, job, total, total, "applying")
     return _settle(ctx, edit, metrics, layers=layers, computed_on=version) | query.record()
 
 

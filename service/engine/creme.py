@@ -10,7 +10,7 @@ import torch
 
 from service.engine.delta import EditDelta, LayerFactors
 from service.engine.hooks import Resume, Trace, block_path, run
-from service.engine.inputs import check_layers, default_band, find_phrase, template_problem
+from service.engine.inputs import check_layers, default_band, find_phrase, template_problem, wider_band
 from service.engine.loading import LoadedModel
 from service.engine.options import DEFAULT_TEMPLATES
 from service.engine.prompts import Batch, encode
@@ -227,3 +227,8 @@ def _report(sample: LayerSample, edited: torch.Tensor, *, rank: int) -> LayerRep
 def default_layers(lm: LoadedModel) -> list[int]:
     """The default edit band of ``lm`` (:func:`~service.engine.inputs.default_band`)."""
     return default_band(lm.name, lm.n_layers)
+
+
+def wider_layers(lm: LoadedModel) -> list[int]:
+    """The wider band ``auto`` may fall back to (:func:`~service.engine.inputs.wider_band`)."""
+    return wider_band(lm.name, lm.n_layers)

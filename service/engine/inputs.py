@@ -59,3 +59,14 @@ def default_band(model: str, n_layers: int) -> list[int]:
         return list(EMBEDDED_DEFAULT_LAYERS)
     start, stop = round(n_layers * 17 / 32), round(n_layers * 23 / 32)
     return list(range(min(start, n_layers - 1), min(max(stop, start), n_layers - 1) + 1))
+
+
+def wider_band(model: str, n_layers: int) -> list[int]:
+    """The default band widened by 2/15 of the depth on each side (6-24 for the embedded model's 10-20).
+
+    ``auto`` tries it when no gain fixes a query in the default band: on the embedded model the
+    attention outputs that carry many answers sit just above the default band (README).
+    """
+    band = default_band(model, n_layers)
+    margin = max(1, round(n_layers * 2 / 15))
+    return list(range(max(0, band[0] - margin), min(n_layers - 1, band[-1] + margin) + 1))

@@ -7,7 +7,9 @@
   edits already active protected (``solvers.ProtectedSolver``), so that edits stay local.
 - ``auto``: ``local`` computed once, then its value shifts scaled by the smallest gain of
   ``AUTO_GAINS`` that fixes the edit's own query, judged on the edit's own prompt alone (never on
-  evaluation sets); gain 1 when none does. Its choice is recorded in the delta's params.
+  evaluation sets); when none does and the band was not chosen by the request, the same on the
+  wider band (``wider_layers``); the default band at gain 1 when nothing does. Its choice is
+  recorded in the delta's params.
 """
 
 from __future__ import annotations
@@ -102,13 +104,16 @@ def compute_with(
     answer: str | None = None,
     answer_aliases: Sequence[str] = (),
     rule: JudgeRule = DEFAULT_RULE,
+    wider_layers: Sequence[int] | None = None,
     progress: Progress | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> EditResult:
     """Compute the edit of ``query`` by ``spec`` on the model as it is now (left unchanged).
 
-    The delta's params record the spec and the query (with the answer when given), so that the
-    edit can be reproduced and later edits can keep it as a canary.
+    ``wider_layers``: the band ``auto`` falls back to when no gain fixes the query on ``layers``
+    (give it only when ``layers`` is the default band, not one the request chose). The delta's
+    params record the spec and the query (with the answer when given), so that the edit can be
+    reproduced and later edits can keep it as a canary.
     """
     recorded = {"prompt": query.prompt, "hop1_phrase": query.hop1_phrase, "bridge": query.bridge}
     if answer is not None:
@@ -122,16 +127,36 @@ def compute_with(
     if answer is None:
         raise ValueError("method 'auto' needs the answer to judge its candidates")
     base = replace(spec, gain=1.0)
-    computed = compute_edit(
-        ctx.lm, query, layers, templates=base.templates, solver=_solver(base, ctx, layers), method="auto",
-        params={}, progress=progress, should_cancel=should_cancel,
-    )  # fmt: skip
-    tried: list[float] = []
-    for gain in AUTO_GAINS:
-        tried.append(gain)
-        params = {**replace(base, gain=gain).params(), "tried_gains": list(tried), "query": recorded}
-        result = replace(computed, delta=computed.delta.scaled(gain, params=params))
-        if _fixes(ctx, result, query.prompt, answer, answer_aliases, rule):
-            return result
-    params = {**base.params(), "tried_gains": tried, "query": recorded}
-    return replace(computed, delta=computed.delta.scaled(1.0, params=params))
+    bands = [list(layers)]
+    if wider_layers is not None and set(wider_layers) != set(layers):
+        bands.append(list(wider_layers))
+    first: EditResult | None = None
+    tried: list[list[float]] = []
+    done = 0
+    for band in bands:
+
+        def shifted(step: int, _total: int, message: str, at: int = done) -> None:
+            if progress is not None:
+                progress(at + step, sum(map(len, bands)), message)
+
+        computed = compute_edit(
+            ctx.lm, query, band, templates=base.templates, solver=_solver(base, ctx, band), method="auto",
+            params={}, progress=shifted, should_cancel=should_cancel,
+        )  # fmt: skip
+        done += len(band)
+        first = first or computed
+        tried.append([])
+        for gain in AUTO_GAINS:
+            tried[-1].append(gain)
+            params = {**replace(base, gain=gain).params(), **_tried(bands, tried), "query": recorded}
+            result = replace(computed, delta=computed.delta.scaled(gain, params=params))
+            if _fixes(ctx, result, query.prompt, answer, answer_aliases, rule):
+                return result
+    assert first is not None
+    params = {**base.params(), **_tried(bands, tried), "query": recorded}
+    return replace(first, delta=first.delta.scaled(1.0, params=params))
+
+
+def _tried(bands: list[list[int]], gains: list[list[float]]) -> dict[str, Any]:
+    """What ``auto`` tried: the gains on the default band, and the bands with their gains."""
+    return {"tried_gains": gains[0], "tried": [{"layers": b, "gains": g} for b, g in zip(bands, gains, strict=False)]}

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from service.engine.inputs import EMBEDDED_MODEL, default_band, find_phrase, layer_problem, template_problem
+from service.engine.inputs import (
+    EMBEDDED_MODEL,
+    default_band,
+    find_phrase,
+    layer_problem,
+    template_problem,
+    wider_band,
+)
 from service.engine.judging import DEFAULT_RULE, JudgeRule
 from service.engine.options import (
     DEFAULT_APPLY,
@@ -181,7 +188,8 @@ def check_count(count: int, loc: Loc, what: str, limits: Limits, errors: list[di
 def _check_edit_cost(req: EditRequest, loc: Loc, limits: Limits, errors: list[dict[str, Any]]) -> None:
     """Refuse an edit whose tokens (of its longest templated prompt) x templates x layers exceed the limit.
 
-    Without ``layers`` the model's default band is counted, or one layer while the depth is unknown.
+    Without ``layers`` the model's default band is counted (for ``auto``, the wider band it may fall
+    back to), or one layer while the depth is unknown.
     """
     if limits.count_tokens is None:
         return
@@ -190,7 +198,8 @@ def _check_edit_cost(req: EditRequest, loc: Loc, limits: Limits, errors: list[di
     if req.layers:
         layers = len(req.layers)
     elif limits.n_layers is not None:
-        layers = len(default_band(limits.model, limits.n_layers))
+        band = wider_band if req.method == "auto" else default_band
+        layers = len(band(limits.model, limits.n_layers))
     else:
         layers = 1
     cost = tokens * len(templates) * layers

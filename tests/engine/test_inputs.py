@@ -13,6 +13,7 @@ from service.engine.inputs import (
     find_phrase,
     layer_problem,
     template_problem,
+    wider_band,
 )
 from service.engine.loading import LoadedModel
 from service.engine.locate import subject_positions
@@ -78,3 +79,12 @@ def test_default_band() -> None:
     assert default_band(EMBEDDED_MODEL, 30) == list(range(10, 21))
     assert default_band("llama-2-7b", 32) == list(range(17, 24))
     assert default_band("tiny", 4) == [2, 3]
+
+
+def test_the_wider_band_contains_the_default_one_and_stays_in_the_model() -> None:
+    assert wider_band(EMBEDDED_MODEL, 30) == list(range(6, 25))
+    assert wider_band("llama-2-7b", 32) == list(range(13, 28))
+    assert wider_band("tiny", 4) == [1, 2, 3]
+    for depth in (1, 2, 3, 12, 24, 40, 80):
+        band, wider = default_band("m", depth), wider_band("m", depth)
+        assert set(band) <= set(wider) and wider[0] >= 0 and wider[-1] < depth

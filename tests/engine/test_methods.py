@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from service.engine.context import EditContext
-from service.engine.creme import CompositionalQuery, compute_edit, default_layers
+from service.engine.creme import CompositionalQuery, compute_edit, default_layers, wider_layers
 from service.engine.loading import LoadedModel
 from service.engine.methods import AUTO_GAINS, compute_with, method_spec
 from service.engine.options import METHODS
@@ -48,6 +48,23 @@ def test_every_method_reverts_bit_exactly_and_records_itself(ctx: EditContext, m
     assert ctx.weights.checksum() != checksum
     ctx.weights.revert("m")
     assert ctx.weights.checksum() == checksum
+
+
+def test_auto_widens_the_default_band_only_when_no_gain_fixes_the_query_there(ctx: EditContext) -> None:
+    query, answer = _query("mquake-2hop-0205")  # its answer's attention outputs sit above the default band
+    default, wider = default_layers(ctx.lm), wider_layers(ctx.lm)
+    assert (default[0], default[-1], wider[0], wider[-1]) == (10, 20, 6, 24)
+    narrow = compute_with(ctx, query, default, method_spec("auto"), answer=answer).delta
+    assert narrow.layers == default and narrow.params["tried"] == [{"layers": default, "gains": list(AUTO_GAINS)}]
+    widened = compute_with(ctx, query, default, method_spec("auto"), answer=answer, wider_layers=wider).delta
+    assert widened.layers == wider and [t["layers"] for t in widened.params["tried"]] == [default, wider]
+    assert widened.params["tried_gains"] == list(AUTO_GAINS)  # every gain failed on the default band
+    fixed = [Canary(query.prompt, answer)]
+    assert answered(ctx.lm, fixed) == [False]
+    with ctx.weights.trial("widened", widened):
+        assert answered(ctx.lm, fixed) == [True]
+    with ctx.weights.trial("narrow", narrow):
+        assert answered(ctx.lm, fixed) == [False]
 
 
 def test_auto_scales_the_local_edit_by_the_smallest_gain_that_fixes_its_query(ctx: EditContext) -> None:
