@@ -180,11 +180,11 @@ async def _on_queue_full(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _unavailable(request: Request, slug: str, what: str) -> JSONResponse:
+def _unavailable(request: Request, slug: str, what: str, detail: str | None = None) -> JSONResponse:
     """503 ``<slug>-unavailable``: ``what`` is down, and the client may retry after a few seconds."""
     return problem_response(
         503,
-        f"the {what} is unavailable; retry later",
+        detail or f"the {what} is unavailable; retry later",
         slug=f"{slug}-unavailable",
         title=f"{slug.capitalize()} unavailable",
         instance=_instance(request),
@@ -193,14 +193,7 @@ def _unavailable(request: Request, slug: str, what: str) -> JSONResponse:
 
 
 async def _on_model_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    return problem_response(
-        503,
-        str(exc),
-        slug="model-unavailable",
-        title="Model unavailable",
-        instance=_instance(request),
-        headers={"Retry-After": RETRY_AFTER_SECONDS},
-    )
+    return _unavailable(request, "model", "model", str(exc))
 
 
 async def _on_database(request: Request, exc: Exception) -> JSONResponse:
