@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from edit_latency import timed
+from edit_latency import environment, timed
 from large_model import QUERY, peak_rss_bytes
 
 from cli.main import load_from_settings, parse_layers
@@ -167,12 +166,7 @@ def main() -> None:
         rows.append(measure(lm, deltas, n, args.repeats))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "samples"}), file=sys.stderr)
     report = {
-        "model": lm.name,
-        "device": str(lm.device),
-        "dtype": str(next(lm.model.parameters()).dtype),
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
+        **environment(lm),
         "load_average": os.getloadavg(),
         "layers": list(layers),
         "delta_norms": {layer: u * r for layer, (u, r) in norms.items()},

@@ -34,6 +34,18 @@ FAILING = ("mquake-2hop-0072", "mquake-2hop-0085", "mquake-2hop-0158", "mquake-2
 T = TypeVar("T")
 
 
+def environment(lm: LoadedModel) -> dict[str, Any]:
+    """What a timing depends on: the model, its device and dtype, the threads and the machine."""
+    return {
+        "model": lm.name,
+        "device": str(lm.device),
+        "dtype": str(next(lm.model.parameters()).dtype),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
 def timed(device: torch.device, fn: Callable[[], T]) -> tuple[T, float]:
     """``fn()`` and its wall-clock seconds, the device's queued work waited for on both sides."""
     if device.type == "cuda":
@@ -64,12 +76,7 @@ def time_edits(lm: LoadedModel, layers: Sequence[int], repeats: int, cache_dir: 
             seconds[name].append(timed(lm.device, partial(run, query, answer))[1])
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     return {
-        "model": lm.name,
-        "device": str(lm.device),
-        "dtype": str(next(lm.model.parameters()).dtype),
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
+        **environment(lm),
         "layers": list(layers),
         "templates": 22,
         "repeats": repeats,
