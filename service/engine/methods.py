@@ -4,12 +4,13 @@
 - ``least-squares``: a least-squares fit of every template's key (rank = number of templates),
   identity covariance.
 - ``local``: the mean key's update whitened by generic-text key statistics, with the keys of the
-  edits already active protected (``solvers.ProtectedSolver``), so that edits stay local.
+  edits already active and of the edit's own prompt about other subjects (``neighbours``)
+  protected (``solvers.ProtectedSolver``), so that edits stay local.
 - ``auto``: ``local`` computed once, then its value shifts scaled by the smallest gain of
-  ``AUTO_GAINS`` that fixes the edit's own query, judged on the edit's own prompt alone (never on
-  evaluation sets); when none does and the band was not chosen by the request, the same on the
-  wider band (``wider_layers``); the default band at gain 1 when nothing does. Its choice is
-  recorded in the delta's params.
+  ``AUTO_GAINS`` that fixes the edit's own query and keeps every active edit's query that holds,
+  judged on those prompts alone (never on evaluation sets or canary facts); when none does and the
+  band was not chosen by the request, the same on the wider band (``wider_layers``); the default
+  band at gain 1 when nothing does. Its choice is recorded in the delta's params.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from service.engine.creme import (
     mean_key_solver,
 )
 from service.engine.judging import DEFAULT_RULE, JudgeRule, is_correct
+from service.engine.neighbours import neighbour_keys, neighbour_prompts
 from service.engine.options import METHODS, TEMPLATE_SETS
 from service.engine.prompts import greedy
+from service.engine.safety import Canary, answered, edit_canaries
 from service.engine.solvers import ProtectedSolver
 
 AUTO_GAINS: tuple[float, ...] = (1.0, 1.5)
@@ -37,6 +40,9 @@ AUTO_GAINS: tuple[float, ...] = (1.0, 1.5)
 # statistics at this strength keeps the fix rate of the published method at a tenth of its drift.
 LOCAL_STRENGTH = 10.0
 LOCAL_PROTECT_WEIGHT = 100.0
+# Protecting the edit's own prompt about 20 generic other subjects at this weight kept every canary
+# for 16 of the first 20 failing cases (about 8 without) at the same fix rate (README, "Edit methods").
+LOCAL_NEIGHBOUR_WEIGHT = 10.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class MethodSpec:
     gain: float = 1.0
     ridge: float = 1e-2
     mean_key: bool = False  # fit the template mean (rank one) rather than every template's key
+    neighbour_weight: float = 0.0  # nu: weight of the keys of the prompt about other subjects
 
     def params(self) -> dict[str, Any]:
         out = asdict(self)
@@ -72,27 +79,48 @@ def method_spec(name: str, templates: str | Sequence[str] = "published", **overr
         set_name, chosen = "custom", tuple(templates)
     base = MethodSpec(name=name, template_set=set_name, templates=chosen)
     if name in ("local", "auto"):
-        base = replace(base, strength=LOCAL_STRENGTH, protect_weight=LOCAL_PROTECT_WEIGHT, mean_key=True)
+        base = replace(
+            base, strength=LOCAL_STRENGTH, protect_weight=LOCAL_PROTECT_WEIGHT, mean_key=True,
+            neighbour_weight=LOCAL_NEIGHBOUR_WEIGHT,
+        )  # fmt: skip
     return replace(base, **overrides)
 
 
-def _solver(spec: MethodSpec, ctx: EditContext, layers: Sequence[int]) -> Solver:
+def _solver(spec: MethodSpec, ctx: EditContext, layers: Sequence[int], query: CompositionalQuery) -> Solver:
     if spec.name == "creme":
         return mean_key_solver
     stats = ctx.second_moments(layers) if spec.strength > 0 else None
     protected = ctx.protected_keys(layers) if spec.protect_weight > 0 else {}
+    neighbours = {}
+    if spec.neighbour_weight > 0:
+        neighbours = neighbour_keys(ctx.lm, neighbour_prompts(query.prompt, query.hop1_phrase), layers)
     return ProtectedSolver(
         stats, strength=spec.strength, ridge=spec.ridge, protected=protected,
         protect_weight=spec.protect_weight, gain=spec.gain, mean_key=spec.mean_key,
+        neighbours=neighbours, neighbour_weight=spec.neighbour_weight,
     )  # fmt: skip
+
+
+def _holding_edits(ctx: EditContext, rule: JudgeRule) -> list[Canary]:
+    """The queries of the active edits that the model answers right now (read once per state)."""
+
+    def read() -> list[Canary]:
+        edits = edit_canaries(ctx)
+        return [c for c, ok in zip(edits, answered(ctx.lm, edits, rule), strict=True) if ok]
+
+    return ctx.per_state(("holding-edits", rule), read)
 
 
 def _fixes(
     ctx: EditContext, result: EditResult, prompt: str, answer: str, aliases: Sequence[str], rule: JudgeRule
 ) -> bool:
+    """Whether ``result`` on top of the current state fixes its query and keeps every active edit that holds."""
+    holding = _holding_edits(ctx, rule)
     with ctx.weights.trial("auto-candidate", result.delta):
         text = greedy(ctx.lm, [prompt], max_new_tokens=10)[0]
-    return is_correct(text, answer, aliases=aliases, rule=rule)
+        if not is_correct(text, answer, aliases=aliases, rule=rule):
+            return False
+        return all(answered(ctx.lm, holding, rule))
 
 
 def compute_with(
@@ -120,7 +148,7 @@ def compute_with(
         recorded.update(answer=answer, answer_aliases=list(answer_aliases))
     if spec.name != "auto":
         return compute_edit(
-            ctx.lm, query, layers, templates=spec.templates, solver=_solver(spec, ctx, layers),
+            ctx.lm, query, layers, templates=spec.templates, solver=_solver(spec, ctx, layers, query),
             method=spec.name, params={**spec.params(), "query": recorded}, progress=progress,
             should_cancel=should_cancel,
         )  # fmt: skip
@@ -140,7 +168,7 @@ def compute_with(
                 progress(at + step, sum(map(len, bands)), message)
 
         computed = compute_edit(
-            ctx.lm, query, band, templates=base.templates, solver=_solver(base, ctx, band), method="auto",
+            ctx.lm, query, band, templates=base.templates, solver=_solver(base, ctx, band, query), method="auto",
             params={}, progress=shifted, should_cancel=should_cancel,
         )  # fmt: skip
         done += len(band)

@@ -139,13 +139,18 @@ def canaries_for(ctx: EditContext, rule: JudgeRule = DEFAULT_RULE) -> list[Canar
     """The model's known facts plus the queries of the active edits (those that record their query)."""
     with ctx.weights.pristine():
         facts = known_facts(ctx.lm, ctx.cache_dir, rule)
+    return [*facts, *edit_canaries(ctx)]
+
+
+def edit_canaries(ctx: EditContext) -> list[Canary]:
+    """The queries of the active edits that record their query and answer, in order."""
     edits = []
     for edit_id, delta in ctx.weights.active:
         query = delta.params.get("query") or {}
         if query.get("prompt") and query.get("answer"):
             aliases = tuple(query.get("answer_aliases") or ())
             edits.append(Canary(query["prompt"], query["answer"], aliases, source=f"edit:{edit_id}"))
-    return [*facts, *edits]
+    return edits
 
 
 def check_safety(ctx: EditContext, delta: EditDelta, own: Canary, rule: JudgeRule = DEFAULT_RULE) -> SafetyReport:

@@ -1,9 +1,10 @@
 """Least-squares solvers that keep an edit local: generic-text keys and earlier edits' keys are protected.
 
 For one layer with template keys K [T, d_in] and the value shifts R = V* - V_c [T, d_out], the
-update minimises  ‖ΔW Kᵀ - Rᵀ‖² + μ·N·E‖ΔW k_generic‖² + w·Σ‖ΔW k_earlier‖² + ridge,
-whose closed form (MEMIT's, with the earlier edits' keys added as in AlphaEdit's sequential
-setting) is  ΔW = Rᵀ K A⁻¹,  A = KᵀK + μ C + rho·mean(diag C)·I + w Σ K_eᵀK_e.
+update minimises  ‖ΔW Kᵀ - Rᵀ‖² + μ·N·E‖ΔW k_generic‖² + w·Σ‖ΔW k_earlier‖²
++ nu·mean‖ΔW k_neighbour‖² + ridge, whose closed form (MEMIT's, with the earlier edits' keys added as
+in AlphaEdit's sequential setting and the keys of neighbour prompts as preserved knowledge) is
+ΔW = Rᵀ K A⁻¹,  A = KᵀK + μ C + rho·mean(diag C)·I + w Σ K_eᵀK_e + (nu/n) K_nᵀK_n.
 The factors are r = Rᵀ [d_out, T] and u = A⁻¹Kᵀ [d_in, T]: rank T at most, revertible exactly.
 """
 
@@ -28,9 +29,11 @@ class ProtectedSolver:
     protect_weight: float = 1.0  # w per earlier key
     gain: float = 1.0  # scales the value shift (>1 overshoots to make up for the damping)
     mean_key: bool = False
+    neighbours: Mapping[int, torch.Tensor] = field(default_factory=dict)  # layer → [n, d_in]
+    neighbour_weight: float = 0.0  # nu: weight of the neighbour keys' mean second moment
 
     def normal_matrix(self, layer: int, keys: torch.Tensor) -> torch.Tensor:
-        """A = KᵀK + μC + rho·mean(diag C)·I + w K_eᵀK_e for this layer."""
+        """A = KᵀK + μC + rho·mean(diag C)·I + w K_eᵀK_e + (nu/n) K_nᵀK_n for this layer."""
         eye = torch.eye(keys.shape[1], device=keys.device, dtype=torch.float32)
         if self.second_moments is None:  # plain least squares, the ridge scaled to the keys' size
             cov = eye * keys.pow(2).sum(dim=1).mean() / keys.shape[1]
@@ -41,6 +44,10 @@ class ProtectedSolver:
         if earlier is not None and earlier.numel():
             earlier = earlier.to(keys.device, torch.float32)
             a = a + self.protect_weight * earlier.T @ earlier
+        near = self.neighbours.get(layer)
+        if near is not None and near.numel() and self.neighbour_weight > 0:
+            near = near.to(keys.device, torch.float32)
+            a = a + self.neighbour_weight / near.shape[0] * near.T @ near
         return a
 
     def __call__(self, sample: LayerSample) -> tuple[torch.Tensor, torch.Tensor]:

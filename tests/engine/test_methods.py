@@ -11,8 +11,10 @@ from service.engine.context import EditContext
 from service.engine.creme import CompositionalQuery, compute_edit, default_layers, wider_layers
 from service.engine.loading import LoadedModel
 from service.engine.methods import AUTO_GAINS, compute_with, method_spec
+from service.engine.neighbours import NEIGHBOUR_PHRASES, neighbour_keys, neighbour_prompts
 from service.engine.options import METHODS
-from service.engine.safety import Canary, answered, check_safety
+from service.engine.prompts import greedy
+from service.engine.safety import Canary, answered, check_safety, known_facts
 from service.engine.weights import WeightState
 from tests.engine.helpers import failing_case
 
@@ -110,8 +112,70 @@ def test_local_edit_leaves_generic_keys_and_active_edits_nearly_alone(ctx: EditC
         ctx.weights.set_active([])
 
 
+def test_neighbour_prompts_replace_the_hop1_phrase_by_each_generic_phrase() -> None:
+    prompts = neighbour_prompts("The capital of the country that Ada Lovelace is a citizen of is", "Ada Lovelace")
+    assert len(prompts) == len(NEIGHBOUR_PHRASES)
+    assert prompts[0] == "The capital of the country that the man is a citizen of is"
+    leading = neighbour_prompts("The author of Misery is a citizen of", "the author of Misery")
+    assert leading[0] == "The man is a citizen of" and "The author of the book is a citizen of" not in leading[:1]
+    assert len(neighbour_prompts("The man is", "the man")) == len(NEIGHBOUR_PHRASES) - 1  # never itself
+    with pytest.raises(ValueError, match="does not occur"):
+        neighbour_prompts("The capital of France is", "Germany")
+
+
+def test_neighbour_keys_keep_the_facts_an_unprotected_edit_breaks(ctx: EditContext) -> None:
+    """Case 0007 of the shared set: without neighbour keys its edit breaks capitals; with them, none."""
+    query = CompositionalQuery(
+        "The official language of the country that William Gillette is a citizen of is",
+        "the country that William Gillette is a citizen of",
+        "United States of America",
+    )
+    layers = default_layers(ctx.lm)
+    own = Canary(query.prompt, "American English")
+    protected = compute_with(ctx, query, layers, method_spec("local")).delta
+    unprotected = compute_with(ctx, query, layers, method_spec("local", neighbour_weight=0.0)).delta
+    assert protected.params["neighbour_weight"] > 0 and unprotected.params["neighbour_weight"] == 0
+    near = neighbour_keys(ctx.lm, neighbour_prompts(query.prompt, query.hop1_phrase), layers)
+    for with_nb, without in zip(protected.factors, unprotected.factors, strict=True):
+        moved = [float((f.r @ (f.u.T @ near[f.layer].T)).norm() / (f.r @ (f.u.T @ f.keys.T)).norm())
+                 for f in (with_nb, without)]  # fmt: skip
+        assert moved[0] < 0.5 * moved[1], (with_nb.layer, moved)
+    broken = check_safety(ctx, unprotected, own)
+    kept = check_safety(ctx, protected, own)
+    assert broken.fixes_own_query and kept.fixes_own_query
+    assert broken.canaries.regressions and not kept.canaries.regressions, (broken.to_dict(), kept.to_dict())
+    assert len(known_facts(ctx.lm, ctx.cache_dir)) == kept.canaries.n_checked
+
+
+def test_auto_never_settles_on_a_candidate_that_breaks_an_active_edit(ctx: EditContext) -> None:
+    """An active edit holding the model's present answer to B's prompt: fixing B breaks it, so auto tries all.
+
+    Judged strictly (the continuation starts with the answer), so "France" and "Paris" cannot both hold.
+    """
+    query, answer = _query("mquake-2hop-0295")
+    layers = default_layers(ctx.lm)
+    present = greedy(ctx.lm, [query.prompt], max_new_tokens=10)[0].split()[0].strip(".")
+    other, _ = _query("mquake-2hop-0394")
+    recorded = {"query": {"prompt": query.prompt, "answer": present}}
+    holder = compute_with(ctx, other, layers, method_spec("local")).delta.scaled(0.0, params=recorded)
+    ctx.weights.apply("holder", holder)  # ΔW = 0: only its recorded query matters
+    try:
+        assert present == "France" and answered(ctx.lm, [Canary(query.prompt, present)], "strict") == [True]
+        auto = compute_with(ctx, query, layers, method_spec("auto"), answer=answer, rule="strict").delta
+        assert auto.params["tried"] == [{"layers": layers, "gains": list(AUTO_GAINS)}]
+        assert auto.params["gain"] == 1.0  # nothing fixed B and kept the holder: the fallback
+        fixes = []
+        for gain in AUTO_GAINS:  # the first stage's candidates, rebuilt from the fallback's factors
+            with ctx.weights.trial("b", auto.scaled(gain, params={})):
+                fixes.append(answered(ctx.lm, [Canary(query.prompt, answer), Canary(query.prompt, present)], "strict"))
+        assert any(fixed for fixed, _ in fixes), fixes  # judging B alone would have settled on it
+        assert not any(fixed and kept for fixed, kept in fixes), fixes
+    finally:
+        ctx.weights.set_active([])
+
+
 def test_safety_check_refuses_an_edit_that_breaks_an_active_one(ctx: EditContext) -> None:
-    """Edit B (published method) rewrites A's query towards another bridge: A's fix breaks, B is refused."""
+    """Edit B (published method, wider band) rewrites A's query towards another bridge: A breaks, B is refused."""
     case = failing_case("mquake-2hop-0394")
     layers = default_layers(ctx.lm)
     query_a = CompositionalQuery(case.compositional, case.hop1_phrase, case.bridge)
@@ -120,7 +184,7 @@ def test_safety_check_refuses_an_edit_that_breaks_an_active_one(ctx: EditContext
     try:
         assert answered(ctx.lm, [Canary(case.compositional, case.answer)]) == [True]
         query_b = CompositionalQuery(case.compositional, case.hop1_phrase, "Germany")
-        edit_b = compute_with(ctx, query_b, layers, method_spec("creme"), answer="Berlin").delta
+        edit_b = compute_with(ctx, query_b, wider_layers(ctx.lm), method_spec("creme"), answer="Berlin").delta
         report = check_safety(ctx, edit_b, Canary(case.compositional, "Berlin"))
         assert not report.safe
         assert any(c.source == "edit:a" for c in report.canaries.regressions), report.to_dict()
