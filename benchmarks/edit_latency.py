@@ -1,5 +1,7 @@
 """Time edits on the embedded model: the default method (as the service computes it, with its
-key statistics cached), and the published method on the fast and the reference schedules.
+key statistics cached and, on the default band, the wider band to fall back to), and the
+published method on the fast and the reference schedules. Per-edit seconds are kept, so the
+edits the default band fixes can be told from those that fall back to the wider band.
 
 Usage: python benchmarks/edit_latency.py [--repeats 5] [--layers 10-20] [--out benchmarks/results/edit_latency.json]
 """
@@ -22,7 +24,7 @@ import torch
 from cli.main import load_from_settings, parse_layers
 from service.engine.cases import load_cases
 from service.engine.context import EditContext
-from service.engine.creme import CompositionalQuery, compute_edit, default_layers
+from service.engine.creme import CompositionalQuery, compute_edit, default_layers, wider_layers
 from service.engine.loading import LoadedModel
 from service.engine.methods import compute_with, method_spec
 from service.engine.options import DEFAULT_METHOD
@@ -63,8 +65,9 @@ def time_edits(lm: LoadedModel, layers: Sequence[int], repeats: int, cache_dir: 
     queries = [(CompositionalQuery(c.compositional, c.hop1_phrase, c.bridge), c.answer) for c in cases]
     ctx = EditContext(lm, WeightState(lm), cache_dir)
     default = method_spec(DEFAULT_METHOD)
+    wider = wider_layers(lm) if list(layers) == default_layers(lm) else None  # as the worker does
     runs = {
-        f"default ({DEFAULT_METHOD})": lambda q, a: compute_with(ctx, q, layers, default, answer=a),
+        f"default ({DEFAULT_METHOD})": lambda q, a: compute_with(ctx, q, layers, default, answer=a, wider_layers=wider),
         "creme fast": lambda q, a: compute_edit(lm, q, layers, schedule="fast"),
         "creme reference": lambda q, a: compute_edit(lm, q, layers, schedule="reference"),
     }
@@ -78,6 +81,8 @@ def time_edits(lm: LoadedModel, layers: Sequence[int], repeats: int, cache_dir: 
     return {
         **environment(lm),
         "layers": list(layers),
+        "wider_layers": wider,
+        "cases": [cases[i % len(cases)].id for i in range(repeats)],
         "templates": 22,
         "repeats": repeats,
         "seconds": seconds,
