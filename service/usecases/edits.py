@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any, Literal
 
@@ -65,24 +66,10 @@ def submit_edit(
     check_capacity(session, limits)
     edit_id = new_uuid()
     job = new_job("edit", EditPayload(edit_id=edit_id).model_dump(), limits, idempotency_key, req_hash)
-    edit = Edit(
-        id=edit_id,
-        status="pending",
-        prompt=data["prompt"],
-        hop1_phrase=data["hop1_phrase"],
-        bridge=data["bridge"],
-        answer=data["answer"],
-        request=data,
-        layers=data["layers"] or [],
-        method=data["method"],
-        apply_policy=data["apply"],
-        base_model=base_model,
-        base_fingerprint="",
-        job_id=job.id,
-        actor=actor,
-        created_at=job.created_at,
-        updated_at=job.created_at,
-    )
+    edit = edit_row(
+        data, status="pending", base_model=base_model, base_fingerprint="", actor=actor, at=job.created_at,
+        id=edit_id, job_id=job.id,
+    )  # fmt: skip
     session.add_all([job, edit])
     try:
         session.commit()
@@ -93,6 +80,30 @@ def submit_edit(
         raise
     enqueue_after_commit(queue, job)
     return edit, job
+
+
+def edit_row(
+    request: Mapping[str, Any], *, status: str, base_model: str, base_fingerprint: str, actor: str | None,
+    at: datetime, **fields: Any,
+) -> Edit:  # fmt: skip
+    """A new edit row carrying ``request``'s query, band, method and apply policy (``request`` is stored too)."""
+    return Edit(
+        status=status,
+        prompt=request["prompt"],
+        hop1_phrase=request["hop1_phrase"],
+        bridge=request["bridge"],
+        answer=request["answer"],
+        request=dict(request),
+        layers=request["layers"] or [],
+        method=request["method"],
+        apply_policy=request["apply"],
+        base_model=base_model,
+        base_fingerprint=base_fingerprint,
+        actor=actor,
+        created_at=at,
+        updated_at=at,
+        **fields,
+    )
 
 
 def _replay(session: Session, key: str, req_hash: str) -> tuple[Edit, Job] | None:

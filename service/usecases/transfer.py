@@ -19,7 +19,7 @@ from service.db.models import Edit, StoredDelta, new_uuid, utcnow
 from service.engine.inputs import layer_problem
 from service.engine.options import METHODS
 from service.settings import Settings
-from service.usecases.edits import get_delta, get_edit
+from service.usecases.edits import edit_row, get_delta, get_edit
 from service.usecases.errors import ConflictError, InvalidRequest, ModelUnavailable, UseCaseError
 from service.usecases.model import ModelStatus, model_status, served_models
 
@@ -167,7 +167,6 @@ def import_delta(
             raise InvalidDelta(f"delta {problem}")
     query = _query(delta.params)
     sha256 = hashlib.sha256(data).hexdigest()
-    now = utcnow()
     request: dict[str, Any] = {
         **query,
         "layers": delta.layers,
@@ -179,29 +178,15 @@ def import_delta(
             "family": delta.family,
         },
     }
-    edit = Edit(
-        id=new_uuid(),
-        status="computed",
-        prompt=query["prompt"],
-        hop1_phrase=query["hop1_phrase"],
-        bridge=query["bridge"],
-        answer=query["answer"],
-        request=request,
-        layers=delta.layers,
-        method=delta.method,
-        apply_policy="never",
-        base_model=base_model,
-        base_fingerprint=delta.base_fingerprint,
-        computed_on_version=None,
+    edit = edit_row(
+        request, status="computed", base_model=base_model, base_fingerprint=delta.base_fingerprint, actor=actor,
+        at=utcnow(), id=new_uuid(), computed_on_version=None,
         metrics={
             "method": delta.method,
             "method_params": delta.params,
             "delta_norms": {str(layer): norm for layer, norm in delta.norms().items()},
         },
-        actor=actor,
-        created_at=now,
-        updated_at=now,
-    )
+    )  # fmt: skip
     session.add_all([edit, StoredDelta(edit_id=edit.id, data=data, sha256=sha256, shapes=delta.shapes())])
     session.commit()
     return get_edit(session, edit.id)
