@@ -7,10 +7,12 @@
   edits already active and of the edit's own prompt about other subjects (``neighbours``)
   protected (``solvers.ProtectedSolver``), so that edits stay local.
 - ``auto``: ``local`` computed once, then its value shifts scaled by the smallest gain of
-  ``AUTO_GAINS`` that fixes the edit's own query and keeps every active edit's query that holds,
-  judged on those prompts alone (never on evaluation sets or canary facts); when none does and the
-  band was not chosen by the request, the same on the wider band (``wider_layers``); the default
-  band at gain 1 when nothing does. Its choice is recorded in the delta's params.
+  ``AUTO_GAINS`` that fixes the edit's own query, keeps every active edit's query that holds and
+  adds at most ``max_drift`` of generic-text drift, judged on those prompts and the generic sample
+  alone (never on evaluation sets or canary facts); when none does and the band was not chosen by
+  the request, the same on the wider band (``wider_layers``). When nothing passes, the default band
+  at gain 1 scaled down (``FALLBACK_SCALES``) until it keeps the holding edits within the drift
+  bound. Its choice is recorded in the delta's params.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from service.engine.creme import (
     compute_edit,
     mean_key_solver,
 )
+from service.engine.delta import EditDelta
 from service.engine.judging import DEFAULT_RULE, JudgeRule, is_correct
 from service.engine.neighbours import neighbour_keys, neighbour_prompts
 from service.engine.options import METHODS, TEMPLATE_SETS
 from service.engine.prompts import greedy
-from service.engine.safety import Canary, answered, edit_canaries
+from service.engine.safety import Canary, DriftProbe, answered, edit_canaries
 from service.engine.solvers import ProtectedSolver
 
 AUTO_GAINS: tuple[float, ...] = (1.0, 1.5)
@@ -43,6 +46,11 @@ LOCAL_PROTECT_WEIGHT = 100.0
 # Protecting the edit's own prompt about 20 generic other subjects at this weight took the edits
 # keeping every canary from 29 to 51 of the 61 failing cases at the same fix rate (README, "Edit methods").
 LOCAL_NEIGHBOUR_WEIGHT = 10.0
+# No candidate of ``auto`` may add more generic-text drift than this (nats/token, the state it starts
+# from as reference); a fallback that fixes nothing is scaled down until it keeps the active edits and
+# drifts within it, so that one edit cannot collapse a stack of them (README, "Edit methods").
+AUTO_MAX_DRIFT = 0.05
+FALLBACK_SCALES: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0)
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class MethodSpec:
     ridge: float = 1e-2
     mean_key: bool = False  # fit the template mean (rank one) rather than every template's key
     neighbour_weight: float = 0.0  # nu: weight of the keys of the prompt about other subjects
+    max_drift: float = 0.0  # auto: largest generic-text KL (nats/token) a candidate may add; 0: no bound
 
     def params(self) -> dict[str, Any]:
         out = asdict(self)
@@ -83,6 +92,8 @@ def method_spec(name: str, templates: str | Sequence[str] = "published", **overr
             base, strength=LOCAL_STRENGTH, protect_weight=LOCAL_PROTECT_WEIGHT, mean_key=True,
             neighbour_weight=LOCAL_NEIGHBOUR_WEIGHT,
         )  # fmt: skip
+    if name == "auto":
+        base = replace(base, max_drift=AUTO_MAX_DRIFT)
     return replace(base, **overrides)
 
 
@@ -101,6 +112,33 @@ def _solver(spec: MethodSpec, ctx: EditContext, layers: Sequence[int], query: Co
     )  # fmt: skip
 
 
+@dataclass
+class _CandidateJudge:
+    """Judges ``auto``'s candidates on the state they start from: own query, holding active edits, drift."""
+
+    ctx: EditContext
+    prompt: str
+    answer: str
+    aliases: Sequence[str]
+    rule: JudgeRule
+    max_drift: float
+
+    def __post_init__(self) -> None:
+        self.holding = _holding_edits(self.ctx, self.rule)
+        self.drift = self.ctx.per_state(("drift",), lambda: DriftProbe(self.ctx.lm))
+
+    def passes(self, delta: EditDelta, *, must_fix: bool = True) -> bool:
+        """Whether ``delta`` on top (fixes its query,) keeps every holding edit and drifts within the bound."""
+        with self.ctx.weights.trial("auto-candidate", delta):
+            if must_fix:
+                text = greedy(self.ctx.lm, [self.prompt], max_new_tokens=10)[0]
+                if not is_correct(text, self.answer, aliases=self.aliases, rule=self.rule):
+                    return False
+            if not all(answered(self.ctx.lm, self.holding, self.rule)):
+                return False
+            return self.max_drift <= 0 or self.drift.kl() <= self.max_drift
+
+
 def _holding_edits(ctx: EditContext, rule: JudgeRule) -> list[Canary]:
     """The queries of the active edits that the model answers right now (read once per state)."""
 
@@ -109,18 +147,6 @@ def _holding_edits(ctx: EditContext, rule: JudgeRule) -> list[Canary]:
         return [c for c, ok in zip(edits, answered(ctx.lm, edits, rule), strict=True) if ok]
 
     return ctx.per_state(("holding-edits", rule), read)
-
-
-def _fixes(
-    ctx: EditContext, result: EditResult, prompt: str, answer: str, aliases: Sequence[str], rule: JudgeRule
-) -> bool:
-    """Whether ``result`` on top of the current state fixes its query and keeps every active edit that holds."""
-    holding = _holding_edits(ctx, rule)
-    with ctx.weights.trial("auto-candidate", result.delta):
-        text = greedy(ctx.lm, [prompt], max_new_tokens=10)[0]
-        if not is_correct(text, answer, aliases=aliases, rule=rule):
-            return False
-        return all(answered(ctx.lm, holding, rule))
 
 
 def compute_with(
@@ -155,6 +181,7 @@ def compute_with(
     if answer is None:
         raise ValueError("method 'auto' needs the answer to judge its candidates")
     base = replace(spec, gain=1.0)
+    judge = _CandidateJudge(ctx, query.prompt, answer, answer_aliases, rule, spec.max_drift)
     bands = [list(layers)]
     if wider_layers is not None and set(wider_layers) != set(layers):
         bands.append(list(wider_layers))
@@ -178,11 +205,15 @@ def compute_with(
             tried[-1].append(gain)
             params = {**replace(base, gain=gain).params(), **_tried(bands, tried), "query": recorded}
             result = replace(computed, delta=computed.delta.scaled(gain, params=params))
-            if _fixes(ctx, result, query.prompt, answer, answer_aliases, rule):
+            if judge.passes(result.delta):
                 return result
     assert first is not None
-    params = {**base.params(), **_tried(bands, tried), "query": recorded}
-    return replace(first, delta=first.delta.scaled(1.0, params=params))
+    for scale in FALLBACK_SCALES:  # nothing passed: the default band at the largest harmless scale
+        params = {**base.params(), **_tried(bands, tried), "fallback_scale": scale, "query": recorded}
+        fallback = replace(first, delta=first.delta.scaled(scale, params=params))
+        if scale == 0.0 or judge.passes(fallback.delta, must_fix=False):
+            return fallback
+    raise AssertionError("unreachable: scale 0 always passes")
 
 
 def _tried(bands: list[list[int]], gains: list[list[float]]) -> dict[str, Any]:

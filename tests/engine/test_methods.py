@@ -10,11 +10,11 @@ import torch
 from service.engine.context import EditContext
 from service.engine.creme import CompositionalQuery, compute_edit, default_layers, wider_layers
 from service.engine.loading import LoadedModel
-from service.engine.methods import AUTO_GAINS, compute_with, method_spec
+from service.engine.methods import AUTO_GAINS, AUTO_MAX_DRIFT, compute_with, method_spec
 from service.engine.neighbours import NEIGHBOUR_PHRASES, neighbour_keys, neighbour_prompts
 from service.engine.options import METHODS
 from service.engine.prompts import greedy
-from service.engine.safety import Canary, answered, check_safety, known_facts
+from service.engine.safety import Canary, DriftProbe, answered, check_safety, known_facts
 from service.engine.weights import WeightState
 from tests.engine.helpers import failing_case
 
@@ -75,8 +75,9 @@ def test_auto_scales_the_local_edit_by_the_smallest_gain_that_fixes_its_query(ct
     auto = compute_with(ctx, query, LAYERS, method_spec("auto"), answer=answer).delta
     gain, tried = auto.params["gain"], auto.params["tried_gains"]
     assert tried == list(AUTO_GAINS[: len(tried)]) and gain in tried
+    scale = gain * auto.params.get("fallback_scale", 1.0)
     for a, b in zip(auto.factors, local.factors, strict=True):
-        assert torch.equal(a.u, b.u) and torch.allclose(a.r, b.r * gain)
+        assert torch.equal(a.u, b.u) and torch.allclose(a.r, b.r * scale)
     with ctx.weights.trial("auto", auto):
         fixed = answered(ctx.lm, [Canary(query.prompt, answer)])[0]
     assert fixed == (gain == tried[-1])  # a gain that fixes stops the search; else gain 1 after trying all
@@ -163,15 +164,35 @@ def test_auto_never_settles_on_a_candidate_that_breaks_an_active_edit(ctx: EditC
         assert present == "France" and answered(ctx.lm, [Canary(query.prompt, present)], "strict") == [True]
         auto = compute_with(ctx, query, layers, method_spec("auto"), answer=answer, rule="strict").delta
         assert auto.params["tried"] == [{"layers": layers, "gains": list(AUTO_GAINS)}]
-        assert auto.params["gain"] == 1.0  # nothing fixed B and kept the holder: the fallback
+        local = compute_with(ctx, query, layers, method_spec("local")).delta  # auto's candidates, unscaled
         fixes = []
-        for gain in AUTO_GAINS:  # the first stage's candidates, rebuilt from the fallback's factors
-            with ctx.weights.trial("b", auto.scaled(gain, params={})):
+        for gain in AUTO_GAINS:
+            with ctx.weights.trial("b", local.scaled(gain, params={})):
                 fixes.append(answered(ctx.lm, [Canary(query.prompt, answer), Canary(query.prompt, present)], "strict"))
         assert any(fixed for fixed, _ in fixes), fixes  # judging B alone would have settled on it
         assert not any(fixed and kept for fixed, kept in fixes), fixes
+        assert auto.params["gain"] == 1.0 and auto.params["fallback_scale"] < 1.0  # scaled until the holder holds
+        with ctx.weights.trial("b", auto):
+            assert answered(ctx.lm, [Canary(query.prompt, present)], "strict") == [True]
     finally:
         ctx.weights.set_active([])
+
+
+def test_auto_never_returns_an_edit_that_drifts_beyond_its_bound(ctx: EditContext) -> None:
+    """Under a bound below the fixing edit's own drift nothing passes: the fallback is scaled under it."""
+    query, answer = _query("mquake-2hop-0394")
+    layers = default_layers(ctx.lm)
+    free = compute_with(ctx, query, layers, method_spec("auto"), answer=answer).delta
+    assert free.params["max_drift"] == AUTO_MAX_DRIFT and "fallback_scale" not in free.params
+    probe = DriftProbe(ctx.lm)
+    with ctx.weights.trial("free", free):
+        drift = probe.kl()
+        assert answered(ctx.lm, [Canary(query.prompt, answer)]) == [True]
+    assert 0.0 < drift <= AUTO_MAX_DRIFT
+    bounded = compute_with(ctx, query, layers, method_spec("auto", max_drift=drift / 10), answer=answer).delta
+    assert bounded.params["max_drift"] == drift / 10 and bounded.params["fallback_scale"] < 1.0
+    with ctx.weights.trial("bounded", bounded):
+        assert probe.kl() <= drift / 10
 
 
 def test_safety_check_refuses_an_edit_that_breaks_an_active_one(ctx: EditContext) -> None:
