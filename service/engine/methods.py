@@ -43,9 +43,10 @@ AUTO_GAINS: tuple[float, ...] = (1.0, 1.5)
 # statistics at this strength keeps the fix rate of the published method at a tenth of its drift.
 LOCAL_STRENGTH = 10.0
 LOCAL_PROTECT_WEIGHT = 100.0
-# Protecting the edit's own prompt about 20 generic other subjects at this weight took the edits
-# keeping every canary from 29 to 51 of the 61 failing cases at the same fix rate (README, "Edit methods").
-LOCAL_NEIGHBOUR_WEIGHT = 10.0
+# Protecting the edit's own prompt about 20 generic other subjects at 10/20 per prompt took the edits
+# keeping every canary from 29 to 51 of the 61 failing cases at the same fix rate; adding 20 generic
+# prompts of other relations at the same weight per prompt took it further (README, "Edit methods").
+LOCAL_NEIGHBOUR_WEIGHT = 20.0
 # No candidate of ``auto`` may add more generic-text drift than this (nats/token, the state it starts
 # from as reference); a fallback that fixes nothing is scaled down until it keeps the active edits and
 # drifts within it, so that one edit cannot collapse a stack of them (README, "Edit methods").

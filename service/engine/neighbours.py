@@ -1,11 +1,15 @@
-"""Neighbour prompts of an edit: its own prompt about someone or something else, whose keys it must leave alone.
+"""Neighbour prompts of an edit: prompts whose last-token keys it must leave alone.
 
-An edit writes to the key of its prompt's last token ("... is"), which every prompt of the same
-relation shares. Replacing the prompt's hop-1 phrase ("the author of Misery") by generic phrases
-("the man", "the founder of the company", ...) gives prompts of the same relation about other
-subjects; protecting their keys (ΔW k ≈ 0) leaves the update only the part of the key that names
-this subject, so questions about other subjects keep their answers. The phrases are written for
-this project and never drawn from evaluation data.
+An edit writes to the key of its prompt's last token ("... is"), which every cloze prompt shares in
+part. Two kinds of neighbours are protected (ΔW k ≈ 0):
+
+- the edit's own prompt about other subjects: its hop-1 phrase ("the author of Misery") replaced
+  by generic phrases ("the man", "the founder of the company", ...), so the update keeps only the
+  part of the key that names this subject;
+- generic prompts of other relations ("The capital of the country is", "The film was directed
+  by", ...), so the update does not act on the cloze key of questions about something else.
+
+Both are written for this project, name no entity and are never drawn from evaluation data.
 """
 
 from __future__ import annotations
@@ -43,8 +47,33 @@ NEIGHBOUR_PHRASES: tuple[str, ...] = (
 )
 
 
+RELATION_PROMPTS: tuple[str, ...] = (
+    "The capital of the country is",
+    "The city is located in",
+    "The building is located in",
+    "The river flows through",
+    "The author of the book is",
+    "The language spoken in the region is",
+    "The currency of the country is",
+    "The largest city of the state is",
+    "The company was founded by",
+    "The team plays in",
+    "The singer was born in",
+    "The film was directed by",
+    "The head of the government is",
+    "The mountain is located in",
+    "The song was written by",
+    "The university is located in",
+    "The official language of the state is",
+    "The leader of the party is",
+    "The continent the island is on is",
+    "The sport the club plays is",
+)
+
+
 def neighbour_prompts(prompt: str, hop1_phrase: str) -> list[str]:
-    """``prompt`` with its hop-1 phrase replaced by each generic phrase (capitalised at the start)."""
+    """``prompt`` with its hop-1 phrase replaced by each generic phrase (capitalised at the start), then
+    the generic prompts of other relations (``prompt`` itself never)."""
     span = find_phrase(prompt, hop1_phrase)
     if span is None:
         raise ValueError(f"hop1_phrase {hop1_phrase!r} does not occur in the prompt")
@@ -54,7 +83,7 @@ def neighbour_prompts(prompt: str, hop1_phrase: str) -> list[str]:
         if phrase.casefold() == hop1_phrase.casefold():
             continue
         out.append(prompt[:start] + (phrase[0].upper() + phrase[1:] if start == 0 else phrase) + prompt[end:])
-    return out
+    return out + [r for r in RELATION_PROMPTS if r.casefold() != prompt.strip().casefold()]
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from service.engine.context import EditContext
 from service.engine.creme import CompositionalQuery, compute_edit, default_layers, wider_layers
 from service.engine.loading import LoadedModel
 from service.engine.methods import AUTO_GAINS, AUTO_MAX_DRIFT, compute_with, method_spec
-from service.engine.neighbours import NEIGHBOUR_PHRASES, neighbour_keys, neighbour_prompts
+from service.engine.neighbours import NEIGHBOUR_PHRASES, RELATION_PROMPTS, neighbour_keys, neighbour_prompts
 from service.engine.options import METHODS
 from service.engine.prompts import greedy
 from service.engine.safety import Canary, DriftProbe, answered, check_safety, known_facts
@@ -113,13 +113,16 @@ def test_local_edit_leaves_generic_keys_and_active_edits_nearly_alone(ctx: EditC
         ctx.weights.set_active([])
 
 
-def test_neighbour_prompts_replace_the_hop1_phrase_by_each_generic_phrase() -> None:
+def test_neighbour_prompts_replace_the_hop1_phrase_by_each_generic_phrase_then_add_other_relations() -> None:
     prompts = neighbour_prompts("The capital of the country that Ada Lovelace is a citizen of is", "Ada Lovelace")
-    assert len(prompts) == len(NEIGHBOUR_PHRASES)
+    assert len(prompts) == len(NEIGHBOUR_PHRASES) + len(RELATION_PROMPTS)
     assert prompts[0] == "The capital of the country that the man is a citizen of is"
+    assert prompts[len(NEIGHBOUR_PHRASES) :] == list(RELATION_PROMPTS)
     leading = neighbour_prompts("The author of Misery is a citizen of", "the author of Misery")
     assert leading[0] == "The man is a citizen of" and "The author of the book is a citizen of" not in leading[:1]
-    assert len(neighbour_prompts("The man is", "the man")) == len(NEIGHBOUR_PHRASES) - 1  # never itself
+    assert len(neighbour_prompts("The man is", "the man")) == len(NEIGHBOUR_PHRASES) - 1 + len(RELATION_PROMPTS)
+    own_relation = neighbour_prompts("The capital of the country is", "the country")
+    assert "The capital of the country is" not in own_relation  # never itself
     with pytest.raises(ValueError, match="does not occur"):
         neighbour_prompts("The capital of France is", "Germany")
 
