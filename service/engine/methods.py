@@ -126,10 +126,10 @@ class _CandidateJudge:
 
     def __post_init__(self) -> None:
         self.holding = _holding_edits(self.ctx, self.rule)
-        self.drift = self.ctx.per_state(("drift",), lambda: DriftProbe(self.ctx.lm))
+        self.drift = self.ctx.per_state(("drift",), lambda: DriftProbe(self.ctx.lm)) if self.max_drift > 0 else None
 
     def passes(self, delta: EditDelta, *, must_fix: bool = True) -> bool:
-        """Whether ``delta`` on top (fixes its query,) keeps every holding edit and drifts within the bound."""
+        """Whether ``delta`` on top keeps every holding edit within the drift bound (and fixes its query)."""
         with self.ctx.weights.trial("auto-candidate", delta):
             if must_fix:
                 text = greedy(self.ctx.lm, [self.prompt], max_new_tokens=10)[0]
@@ -137,7 +137,7 @@ class _CandidateJudge:
                     return False
             if not all(answered(self.ctx.lm, self.holding, self.rule)):
                 return False
-            return self.max_drift <= 0 or self.drift.kl() <= self.max_drift
+            return self.drift is None or self.drift.kl() <= self.max_drift
 
 
 def _holding_edits(ctx: EditContext, rule: JudgeRule) -> list[Canary]:
