@@ -55,3 +55,17 @@ def is_correct(continuation: str, answer: str, *, aliases: Sequence[str] = (), r
         raise ValueError(f"unknown judging rule {rule!r}; use one of {', '.join(JUDGE_RULES)}")
     check = _published if rule == "published" else _strict
     return any(check(continuation, candidate) for candidate in (answer, *aliases) if candidate.strip())
+
+
+def settled_right(
+    continuation: str, answer: str, *, aliases: Sequence[str] = (), rule: JudgeRule = DEFAULT_RULE
+) -> bool:
+    """Whether ``continuation`` is right under ``rule`` whatever follows it: generation may stop there.
+
+    Published: the first line already contains the answer or an alias; strict: it already starts
+    with one. Implies :func:`is_correct` on ``continuation`` and on every longer continuation.
+    """
+    if rule == "strict":
+        return is_correct(continuation, answer, aliases=aliases, rule=rule)
+    line = _fold(_first_line(continuation))
+    return any(_fold(c) in line for c in (answer, *aliases) if c.strip())

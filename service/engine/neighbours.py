@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
+from service.engine.context import EditContext
+from service.engine.creme import CompositionalQuery
 from service.engine.hooks import block_path, run
 from service.engine.inputs import find_phrase
 from service.engine.loading import LoadedModel
@@ -71,9 +73,8 @@ RELATION_PROMPTS: tuple[str, ...] = (
 )
 
 
-def neighbour_prompts(prompt: str, hop1_phrase: str) -> list[str]:
-    """``prompt`` with its hop-1 phrase replaced by each generic phrase (capitalised at the start), then
-    the generic prompts of other relations (``prompt`` itself never)."""
+def subject_prompts(prompt: str, hop1_phrase: str) -> list[str]:
+    """``prompt`` with its hop-1 phrase replaced by each generic phrase (capitalised at the start)."""
     span = find_phrase(prompt, hop1_phrase)
     if span is None:
         raise ValueError(f"hop1_phrase {hop1_phrase!r} does not occur in the prompt")
@@ -83,7 +84,17 @@ def neighbour_prompts(prompt: str, hop1_phrase: str) -> list[str]:
         if phrase.casefold() == hop1_phrase.casefold():
             continue
         out.append(prompt[:start] + (phrase[0].upper() + phrase[1:] if start == 0 else phrase) + prompt[end:])
-    return out + [r for r in RELATION_PROMPTS if r.casefold() != prompt.strip().casefold()]
+    return out
+
+
+def relation_prompts(prompt: str) -> list[str]:
+    """The generic prompts of other relations, ``prompt`` itself never."""
+    return [r for r in RELATION_PROMPTS if r.casefold() != prompt.strip().casefold()]
+
+
+def neighbour_prompts(prompt: str, hop1_phrase: str) -> list[str]:
+    """Every neighbour of an edit of ``prompt``: the subject neighbours, then the relation prompts."""
+    return subject_prompts(prompt, hop1_phrase) + relation_prompts(prompt)
 
 
 @torch.no_grad()
@@ -92,3 +103,13 @@ def neighbour_keys(lm: LoadedModel, prompts: Sequence[str], layers: Sequence[int
     names = {layer: block_path(lm, layer, lm.adapter.out_proj) for layer in layers}
     trace = run(lm, encode(lm, list(prompts)), record_inputs=list(names.values()), stop_after=names[max(layers)])
     return {layer: trace.inputs[name][:, -1].float().cpu() for layer, name in names.items()}
+
+
+def edit_neighbour_keys(ctx: EditContext, query: CompositionalQuery, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The keys of every neighbour of ``query`` on the state now: the relation prompts' read once per state."""
+    own = neighbour_keys(ctx.lm, subject_prompts(query.prompt, query.hop1_phrase), layers)
+    shared = relation_prompts(query.prompt)
+    relations = ctx.per_state(
+        ("relation-keys", tuple(shared), tuple(layers)), lambda: neighbour_keys(ctx.lm, shared, layers)
+    )
+    return {layer: torch.cat([own[layer], relations[layer]]) for layer in layers}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from service.engine.loading import LoadedModel
 
@@ -76,17 +77,37 @@ def answer_probs(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str]
     return [mean_answer_prob(row, answer_token_ids(lm, a)) for row, a in zip(probs, answers, strict=True)]
 
 
+class _StopWhen(StoppingCriteria):
+    """Ends each row once ``checks[i]`` holds on its text so far (the text after the prompt)."""
+
+    def __init__(self, lm: LoadedModel, prompt_len: int, checks: Sequence[Callable[[str], bool]]) -> None:
+        self.tokenizer, self.prompt_len, self.checks = lm.tokenizer, prompt_len, checks
+
+    def __call__(self, input_ids: torch.Tensor, scores: object, **kwargs: object) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        done = [check(text) for check, text in zip(self.checks, texts, strict=True)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
-def greedy(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 8) -> list[str]:
-    """Greedy continuations of ``prompts`` (text after the prompt, special tokens removed)."""
+def greedy(
+    lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 8,
+    stop: Sequence[Callable[[str], bool]] | None = None,
+) -> list[str]:  # fmt: skip
+    """Greedy continuations of ``prompts`` (text after the prompt, special tokens removed).
+
+    ``stop``: one check per prompt; a row ends early once its check holds on its continuation.
+    """
+    if stop is not None and len(stop) != len(prompts):
+        raise ValueError("one stop check per prompt is required")
     batch = encode(lm, prompts)
-    pad_id = lm.tokenizer.pad_token_id
+    prompt_len = batch.input_ids.shape[1]
     out = lm.model.generate(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         max_new_tokens=max_new_tokens,
         do_sample=False,
-        pad_token_id=pad_id,
+        pad_token_id=lm.tokenizer.pad_token_id,
+        stopping_criteria=StoppingCriteriaList([_StopWhen(lm, prompt_len, stop)]) if stop else None,
     )
-    new_tokens = out[:, batch.input_ids.shape[1] :]
-    return lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return lm.tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import torch
 
 from service.engine.context import EditContext
 from service.engine.delta import EditDelta
-from service.engine.judging import DEFAULT_RULE, JudgeRule, is_correct
+from service.engine.hooks import Resume, block_path, run
+from service.engine.judging import DEFAULT_RULE, JudgeRule, is_correct, settled_right
 from service.engine.keystats import drift_paragraphs
 from service.engine.loading import LoadedModel
 from service.engine.prompts import encode, greedy
@@ -49,7 +51,8 @@ def answered(lm: LoadedModel, canaries: Sequence[Canary], rule: JudgeRule = DEFA
     verdicts: list[bool] = []
     for start in range(0, len(canaries), _CHUNK):
         chunk = canaries[start : start + _CHUNK]
-        texts = greedy(lm, [c.prompt for c in chunk], max_new_tokens=_CANARY_TOKENS)
+        stops = [partial(settled_right, answer=c.answer, aliases=c.aliases, rule=rule) for c in chunk]
+        texts = greedy(lm, [c.prompt for c in chunk], max_new_tokens=_CANARY_TOKENS, stop=stops)
         verdicts += [is_correct(t, c.answer, aliases=c.aliases, rule=rule) for t, c in zip(texts, chunk, strict=True)]
     return verdicts
 
@@ -92,24 +95,35 @@ def regressions(before: Sequence[bool], after: Sequence[bool], canaries: Sequenc
 
 
 class DriftProbe:
-    """Next-token distributions of one model state on the drift sample; ``kl`` compares the model now."""
+    """Next-token distributions of one model state on the drift sample; ``kl`` compares the model now.
 
-    def __init__(self, lm: LoadedModel) -> None:
+    ``paragraphs``/``words``: the first paragraphs of the held-out sample and the opening words of
+    each (default: all, 64 words, about 700 tokens). ``resume_layers``: the layers a later ``kl`` may
+    resume at (their block inputs are kept), for states that differ only from such a layer up.
+    """
+
+    def __init__(
+        self, lm: LoadedModel, *, paragraphs: int | None = None, words: int = _DRIFT_WORDS,
+        resume_layers: Sequence[int] = (),
+    ) -> None:  # fmt: skip
         self.lm = lm
-        self.batch = encode(lm, [" ".join(p.split()[:_DRIFT_WORDS]) for p in drift_paragraphs()])
+        self.batch = encode(lm, [" ".join(p.split()[:words]) for p in drift_paragraphs()[:paragraphs]])
         self.mask = self.batch.attention_mask.bool()
-        self.reference = self._log_probs()
+        blocks = {layer: block_path(lm, layer) for layer in resume_layers if layer > 0}
+        trace = run(lm, self.batch, record_inputs=list(blocks.values()))
+        self.inputs = {layer: trace.inputs[path] for layer, path in blocks.items()}
+        log_p = self._log_probs(trace.logits)  # [real tokens, vocab]
+        self.p_ref = log_p.exp()
+        self.neg_entropy = (self.p_ref * log_p).sum(dim=-1)  # Σ p log p per token
 
-    @torch.no_grad()
-    def _log_probs(self) -> torch.Tensor:
-        logits = self.lm.model(**self.batch.model_inputs(), use_cache=False).logits
-        return torch.log_softmax(logits.float(), dim=-1)
+    def _log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits[self.mask].float(), dim=-1)
 
-    def kl(self) -> float:
-        """Mean KL(reference ‖ now) per real token, in nats."""
-        now = self._log_probs()
-        per_token = (self.reference.exp() * (self.reference - now)).sum(dim=-1)
-        return float(per_token[self.mask].mean())
+    def kl(self, from_layer: int = 0) -> float:
+        """Mean KL(reference ‖ now) per real token, in nats; ``from_layer``: the lowest layer changed since."""
+        resume = Resume(from_layer, self.inputs[from_layer]) if from_layer in self.inputs else None
+        now = self._log_probs(run(self.lm, self.batch, resume=resume).logits)
+        return float((self.neg_entropy - (self.p_ref * now).sum(dim=-1)).mean())
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.engine.judging import is_correct
+from service.engine.judging import is_correct, settled_right
 
 
 @pytest.mark.parametrize(
@@ -41,3 +41,26 @@ def test_aliases_count_under_both_rules() -> None:
 def test_unknown_rule_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown judging rule"):
         is_correct(" Tokyo", "Tokyo", rule="loose")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "answer", "settled"),
+    [
+        (" Tokyo", "Tokyo", True),
+        (" the capital, Tok", "Tokyo", False),  # not yet
+        (" United", "United States of America", False),  # right now, wrong if "Kingdom" follows
+        (" Japan.\nTokyo", "Tokyo", False),  # settled, but wrong
+        ("", "Tokyo", False),
+    ],
+)
+def test_a_settled_continuation_is_right_whatever_follows(text: str, answer: str, settled: bool) -> None:
+    assert settled_right(text, answer) is settled
+    if settled:
+        for tail in ("", " and Kyoto", "\nOsaka", " Kingdom"):
+            assert is_correct(text + tail, answer)
+
+
+def test_settled_under_the_strict_rule_and_with_aliases() -> None:
+    assert settled_right(" the United States", "United States of America", aliases=["United States"], rule="strict")
+    assert not settled_right(" United", "United States of America", rule="strict")
+    assert settled_right(" USA is", "United States of America", aliases=["USA"])

@@ -10,8 +10,14 @@ import torch
 from service.engine.context import EditContext
 from service.engine.creme import CompositionalQuery, compute_edit, default_layers, wider_layers
 from service.engine.loading import LoadedModel
-from service.engine.methods import AUTO_GAINS, AUTO_MAX_DRIFT, compute_with, method_spec
-from service.engine.neighbours import NEIGHBOUR_PHRASES, RELATION_PROMPTS, neighbour_keys, neighbour_prompts
+from service.engine.methods import AUTO_GAINS, AUTO_MAX_DRIFT, GUARD_DRIFT_WORDS, compute_with, method_spec
+from service.engine.neighbours import (
+    NEIGHBOUR_PHRASES,
+    RELATION_PROMPTS,
+    edit_neighbour_keys,
+    neighbour_keys,
+    neighbour_prompts,
+)
 from service.engine.options import METHODS
 from service.engine.prompts import greedy
 from service.engine.safety import Canary, DriftProbe, answered, check_safety, known_facts
@@ -127,6 +133,24 @@ def test_neighbour_prompts_replace_the_hop1_phrase_by_each_generic_phrase_then_a
         neighbour_prompts("The capital of France is", "Germany")
 
 
+def test_edit_neighbour_keys_are_those_of_every_neighbour_prompt_on_the_state_now(ctx: EditContext) -> None:
+    """The relation prompts' keys are read once per state; joined to the subject ones they match one pass."""
+    query, answer = _query("mquake-2hop-0295")
+    layers = [10, 12]
+    joint = neighbour_keys(ctx.lm, neighbour_prompts(query.prompt, query.hop1_phrase), layers)
+    for _ in range(2):  # the second call reuses the relation keys of this state
+        split = edit_neighbour_keys(ctx, query, layers)
+        for layer in layers:
+            assert split[layer].shape == joint[layer].shape
+            assert torch.allclose(split[layer], joint[layer], atol=1e-4, rtol=1e-4)
+    ctx.weights.apply("e", compute_with(ctx, query, layers, method_spec("creme"), answer=answer).delta)
+    try:  # a new state: the relation keys are read again, through the edit
+        edited = edit_neighbour_keys(ctx, query, layers)
+        assert not torch.allclose(edited[12][-1], joint[12][-1], atol=1e-4)
+    finally:
+        ctx.weights.set_active([])
+
+
 def test_neighbour_keys_keep_the_facts_an_unprotected_edit_breaks(ctx: EditContext) -> None:
     """Case 0007 of the shared set: without neighbour keys its edit breaks capitals; with them, none."""
     query = CompositionalQuery(
@@ -187,7 +211,7 @@ def test_auto_never_returns_an_edit_that_drifts_beyond_its_bound(ctx: EditContex
     layers = default_layers(ctx.lm)
     free = compute_with(ctx, query, layers, method_spec("auto"), answer=answer).delta
     assert free.params["max_drift"] == AUTO_MAX_DRIFT and "fallback_scale" not in free.params
-    probe = DriftProbe(ctx.lm)
+    probe = DriftProbe(ctx.lm, words=GUARD_DRIFT_WORDS)  # the sample auto's guard reads
     with ctx.weights.trial("free", free):
         drift = probe.kl()
         assert answered(ctx.lm, [Canary(query.prompt, answer)]) == [True]
