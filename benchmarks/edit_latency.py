@@ -73,7 +73,7 @@ def time_edits(lm: LoadedModel, layers: Sequence[int], repeats: int, cache_dir: 
     cases = [c for c in load_cases(CASES) if c.id in FAILING]
     queries = [(CompositionalQuery(c.compositional, c.hop1_phrase, c.bridge), c.answer) for c in cases]
     ctx = EditContext(lm, WeightState(lm), cache_dir)
-    default = method_spec(DEFAULT_METHOD)
+    default = method_spec(DEFAULT_METHOD, model=lm.name)
     wider = wider_layers(lm) if list(layers) == default_layers(lm) else None  # as the worker does
     runs = {
         f"default ({DEFAULT_METHOD})": lambda q, a: compute_with(ctx, q, layers, default, answer=a, wider_layers=wider),
@@ -106,7 +106,7 @@ def time_dev_set(lm: LoadedModel, data: Path, limit: int | None, cache_dir: Path
     gap = check_cases(lm, cases, screen_hop1=True, rule=DEFAULT_RULE)
     failing = [c for c in cases if c.id in set(gap.failing_ids)][:limit]
     ctx = EditContext(lm, WeightState(lm), cache_dir)
-    layers, wider, spec = default_layers(lm), wider_layers(lm), method_spec(DEFAULT_METHOD)
+    layers, wider, spec = default_layers(lm), wider_layers(lm), method_spec(DEFAULT_METHOD, model=lm.name)
     rows = []
     for case in failing:
         query = CompositionalQuery(case.compositional, case.hop1_phrase, case.bridge)

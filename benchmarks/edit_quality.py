@@ -35,11 +35,13 @@ from service.engine.options import DEFAULT_METHOD
 from service.settings import get_settings
 
 
-def parse_variant(text: str) -> tuple[str, MethodSpec]:
-    """``name`` or ``name:key=value,...`` → (label, spec)."""
+def parse_variant(text: str, model: str) -> tuple[str, MethodSpec]:
+    """``name`` or ``name:key=value,...`` (``templates=english`` among them) → (label, spec) on ``model``."""
     name, _, overrides = text.strip().partition(":")
-    values = {k.strip(): float(v) for k, v in (item.split("=") for item in overrides.split(",") if item)}
-    return text.strip(), method_spec(name, **values)
+    values = dict(item.split("=") for item in overrides.split(",") if item)
+    templates = values.pop("templates", None)
+    numbers = {k.strip(): float(v) for k, v in values.items()}
+    return text.strip(), method_spec(name, templates, model=model, **numbers)
 
 
 def _pct(metrics: dict, pre: str, post: str) -> str:
@@ -192,7 +194,7 @@ def main() -> None:
     header = {"model": lm.name, "judge": args.judge, "n_cases": gap.n, "failing_total": len(gap.failing_ids)}
     header["failing_used"] = len(failing)
     order = [c.id for c in failing]
-    variants = [parse_variant(v) for v in filter(None, args.methods.split(","))]
+    variants = [parse_variant(v, lm.name) for v in filter(None, args.methods.split(","))]
     alone: list[dict] = []
     for label, spec in variants:  # cheap first: fix rate, canaries and drift of every edit alone
         alone.append(_alone_row(label, evaluate_dataset(lm, failing, spec=spec, probes=False, **common)))
@@ -203,7 +205,7 @@ def main() -> None:
     runs.append((DEFAULT_METHOD, "if_safe"))
     stacked: list[dict] = []
     for variant, policy in runs:
-        label, spec = parse_variant(variant)
+        label, spec = parse_variant(variant, lm.name)
         report = evaluate_dataset(lm, failing, spec=spec, stack=True, stack_policy=policy, probes=False, **common)
         alone_fixed = fixed_by.get(label) or {c["id"] for c in report["cases"] if c["fixed"]}
         stacked.append(_stack_row(label, policy, report, alone_fixed, order))

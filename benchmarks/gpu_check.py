@@ -81,7 +81,7 @@ def exact_revert(lm: LoadedModel, method: str) -> dict[str, Any]:
     """Apply and revert ``method``'s edit of the benchmark query; every tensor of the state dict is compared."""
     before = {name: t.detach().clone() for name, t in lm.model.state_dict().items()}
     ctx = EditContext(lm, WeightState(lm), get_settings().cache_dir)
-    delta = compute_with(ctx, QUERY, default_layers(lm), method_spec(method), answer=ANSWER).delta
+    delta = compute_with(ctx, QUERY, default_layers(lm), method_spec(method, model=lm.name), answer=ANSWER).delta
     ctx.weights.apply("gpu-check", delta)
     changed = any(not torch.equal(t, before[name]) for name, t in lm.model.state_dict().items())
     ctx.weights.revert("gpu-check")

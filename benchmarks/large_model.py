@@ -87,7 +87,7 @@ def measure_edit(lm: LoadedModel, method: str, repeats: int) -> dict[str, Any]:
     """
     layers = default_layers(lm)
     ctx = EditContext(lm, WeightState(lm))
-    spec = method_spec(method)
+    spec = method_spec(method, model=lm.name)
     out: dict[str, Any] = {"method": method, "layers": layers}
     if spec.strength > 0:  # key statistics: measured once per base model, cached on disk in the service
         out["key_statistics_seconds"] = timed(lm.device, lambda: ctx.second_moments(layers))[1]

@@ -74,8 +74,9 @@ def run_demo(lm: LoadedModel, cache_dir: Path | None) -> int:
     ctx = EditContext(lm, weights, cache_dir)
     query = CompositionalQuery(case.compositional, case.hop1_phrase, case.bridge)
     started = time.perf_counter()
+    spec = method_spec(DEFAULT_METHOD, model=lm.name)
     result = compute_with(
-        ctx, query, layers, method_spec(DEFAULT_METHOD), answer=case.answer, answer_aliases=case.answer_aliases,
+        ctx, query, layers, spec, answer=case.answer, answer_aliases=case.answer_aliases,
         wider_layers=wider_layers(lm), progress=lambda step, total, message: _progress(f"{message} ({step}/{total})"),
     )  # fmt: skip
     seconds, gain = time.perf_counter() - started, result.delta.params.get("gain", 1.0)

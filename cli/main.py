@@ -80,7 +80,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         (bar.write if bar is not None else print)(line)
 
     try:
-        spec = method_spec(args.method, args.templates)
+        spec = method_spec(args.method, args.templates, model=lm.name)
     except ValueError as exc:
         print(f"creme eval: {exc}", file=sys.stderr)
         return 2
@@ -295,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="edit method (default: %(default)s)")
     ev.add_argument(
-        "--templates", choices=sorted(TEMPLATE_SETS), default="published", help="template set (default: %(default)s)"
+        "--templates",
+        choices=sorted(TEMPLATE_SETS),
+        default=None,
+        help="template set (default: english for auto on the embedded model, else published)",
     )
     ev.add_argument("--judge", choices=JUDGE_RULES, default=DEFAULT_RULE, help="judging rule (default: %(default)s)")
     ev.add_argument("--stack", action="store_true", help="keep each edit applied while the next is computed")

@@ -157,7 +157,7 @@ def evaluate_dataset(
     ``gap`` reuses an earlier compositionality check of the same cases under the same rule;
     ``probes=False`` skips the evaluation sets (edits are still judged on their own query).
     """
-    spec = spec or method_spec("auto")
+    spec = spec or method_spec("auto", model=lm.name)
     gap = gap or check_cases(lm, cases, screen_hop1=True, rule=rule)
     if on_gap is not None:
         on_gap(gap)

@@ -138,7 +138,7 @@ def _compute_and_apply(job: Job, edit: _EditRow, query: InferredQuery, ctx: JobC
         ctx.edit_context,
         query.query,
         layers,
-        method_spec(edit.method, req.templates),
+        method_spec(edit.method, req.templates, model=lm.name),
         answer=answer,
         answer_aliases=aliases,
         rule=req.judge,

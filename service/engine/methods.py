@@ -32,6 +32,7 @@ from service.engine.creme import (
     mean_key_solver,
 )
 from service.engine.delta import EditDelta
+from service.engine.inputs import default_template_set
 from service.engine.judging import DEFAULT_RULE, JudgeRule, is_correct, settled_right
 from service.engine.neighbours import edit_neighbour_keys
 from service.engine.options import METHODS, TEMPLATE_SETS
@@ -82,10 +83,18 @@ class MethodSpec:
         return out
 
 
-def method_spec(name: str, templates: str | Sequence[str] = "published", **overrides: float) -> MethodSpec:
-    """The spec of method ``name`` with a template set name or a custom list of templates."""
+def method_spec(
+    name: str, templates: str | Sequence[str] | None = None, *, model: str | None = None, **overrides: float
+) -> MethodSpec:
+    """The spec of method ``name`` with a template set name or a custom list of templates.
+
+    No templates: the default set of ``name`` on base model ``model`` (``default_template_set``;
+    ``published`` when no model is named).
+    """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; use one of {', '.join(METHODS)}")
+    if templates is None:
+        templates = "published" if model is None else default_template_set(name, model)
     if isinstance(templates, str):
         if templates not in TEMPLATE_SETS:
             raise ValueError(f"unknown template set {templates!r}; use one of {', '.join(TEMPLATE_SETS)}")

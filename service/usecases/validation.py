@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from service.engine.inputs import (
     EMBEDDED_MODEL,
     default_band,
+    default_template_set,
     find_phrase,
     layer_problem,
     template_problem,
@@ -120,8 +121,10 @@ class EditRequest(BaseModel):
         description="creme (published), least-squares, local (protects generic text and active edits), "
         "auto (local with the smallest gain that fixes the query).",
     )
-    templates: TemplateSetName | list[str] = Field(
-        "published", description="Context templates: a set name or a custom list, each with exactly one '{}'."
+    templates: TemplateSetName | list[str] | None = Field(
+        None,
+        description="Context templates: a set name or a custom list, each with exactly one '{}'; null: the "
+        "method's default on the model (english for auto on the embedded model, else published).",
     )
     judge: JudgeRule = Field(DEFAULT_RULE, description="How greedy answers are judged: published or strict.")
     apply: ApplyPolicy = Field(
@@ -230,7 +233,9 @@ def validate_edit_request(raw: Mapping[str, Any], limits: Limits) -> dict[str, A
             errors.append(error((*prefix, name), f"at most {MAX_ALIASES} aliases (got {len(values)})", "too_long"))
         for i, alias in enumerate(values):
             check_text(alias, (*prefix, name, i), limits, errors)
-    if isinstance(req.templates, list):
+    if req.templates is None:
+        req.templates = default_template_set(req.method, limits.model)
+    elif isinstance(req.templates, list):
         _check_templates(req.templates, (*prefix, "templates"), limits, errors)
     for name in ("generalization", "specificity"):
         for i, probe in enumerate(getattr(req, name)):

@@ -269,3 +269,15 @@ def test_analyses_infer_what_they_need_given_the_first_hop_phrase(
     else:
         job = client.get(response.json()["url"]).json()
         assert job["payload"]["bridge"] is None and job["payload"]["answer"] is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [({}, "english"), ({"method": "creme"}, "published"), ({"templates": "published"}, "published")],
+)
+def test_an_edit_naming_no_templates_records_its_methods_default_set(
+    client: TestClient, extra: dict[str, str], expected: str
+) -> None:
+    """On the embedded model auto defaults to the English templates, creme to the published ones."""
+    data = client.post("/v1/edits", json={**EDIT_BODY, **extra}).json()
+    assert client.get(f"/v1/edits/{data['id']}").json()["templates"] == expected

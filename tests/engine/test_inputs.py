@@ -10,6 +10,7 @@ from service.engine.inputs import (
     EMBEDDED_MODEL,
     check_layers,
     default_band,
+    default_template_set,
     find_phrase,
     layer_problem,
     template_problem,
@@ -88,3 +89,10 @@ def test_the_wider_band_contains_the_default_one_and_stays_in_the_model() -> Non
     for depth in (1, 2, 3, 12, 24, 40, 80):
         band, wider = default_band("m", depth), wider_band("m", depth)
         assert set(band) <= set(wider) and wider[0] >= 0 and wider[-1] < depth
+
+
+def test_only_auto_on_the_embedded_model_defaults_to_the_english_templates() -> None:
+    assert default_template_set("auto", EMBEDDED_MODEL) == "english"
+    assert default_template_set("creme", EMBEDDED_MODEL) == "published"
+    assert default_template_set("local", EMBEDDED_MODEL) == "published"
+    assert default_template_set("auto", "llama-2-7b") == "published"
