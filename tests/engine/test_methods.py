@@ -46,6 +46,15 @@ def test_creme_method_gives_the_published_factors(ctx: EditContext) -> None:
         assert a.rank == 1 and torch.equal(a.u, b.u) and torch.equal(a.r, b.r)
 
 
+def test_a_spec_naming_no_templates_takes_its_methods_default_set_on_the_model(smol: LoadedModel) -> None:
+    auto = method_spec("auto", model=smol.name)
+    assert auto.template_set == "english" and len(auto.templates) == 12 and all(t.isascii() for t in auto.templates)
+    assert method_spec("creme", model=smol.name).template_set == "published"
+    assert method_spec("auto", model="llama-2-7b").template_set == "published"
+    assert method_spec("auto").template_set == "published"  # no model named
+    assert method_spec("auto", "published", model=smol.name).template_set == "published"  # named: kept
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_reverts_bit_exactly_and_records_itself(ctx: EditContext, method: str) -> None:
     query, answer = _query("mquake-2hop-0295")
