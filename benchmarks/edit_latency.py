@@ -1,7 +1,7 @@
 """Time edits on the embedded model: the default method (as the service computes it, with its
-key statistics cached and, on the default band, the wider band to fall back to), and the
+key statistics cached and, on the default band, the wider bands to fall back to), and the
 published method on the fast and the reference schedules. Per-edit seconds are kept, so the
-edits the default band fixes can be told from those that fall back to the wider band.
+edits the default band fixes can be told from those that fall back to a wider band.
 
 ``--data DATA.jsonl`` also times the default method once on every case of that dev set the model
 fails compositionally (published rule; ``--limit-failing N`` for the first N): the median a user
@@ -31,7 +31,7 @@ from cli.main import load_from_settings, parse_layers
 from service.engine.cases import load_cases
 from service.engine.compositionality import check_cases
 from service.engine.context import EditContext
-from service.engine.creme import CompositionalQuery, compute_edit, default_layers, wider_layers
+from service.engine.creme import CompositionalQuery, compute_edit, default_layers, fallback_bands
 from service.engine.judging import DEFAULT_RULE
 from service.engine.loading import LoadedModel
 from service.engine.methods import compute_with, method_spec
@@ -74,9 +74,9 @@ def time_edits(lm: LoadedModel, layers: Sequence[int], repeats: int, cache_dir: 
     queries = [(CompositionalQuery(c.compositional, c.hop1_phrase, c.bridge), c.answer) for c in cases]
     ctx = EditContext(lm, WeightState(lm), cache_dir)
     default = method_spec(DEFAULT_METHOD, model=lm.name)
-    wider = wider_layers(lm) if list(layers) == default_layers(lm) else None  # as the worker does
+    wider = fallback_bands(lm) if list(layers) == default_layers(lm) else []  # as the worker does
     runs = {
-        f"default ({DEFAULT_METHOD})": lambda q, a: compute_with(ctx, q, layers, default, answer=a, wider_layers=wider),
+        f"default ({DEFAULT_METHOD})": lambda q, a: compute_with(ctx, q, layers, default, answer=a, wider_bands=wider),
         "creme fast": lambda q, a: compute_edit(lm, q, layers, schedule="fast"),
         "creme reference": lambda q, a: compute_edit(lm, q, layers, schedule="reference"),
     }
@@ -90,7 +90,7 @@ def time_edits(lm: LoadedModel, layers: Sequence[int], repeats: int, cache_dir: 
     return {
         **environment(lm),
         "layers": list(layers),
-        "wider_layers": wider,
+        "wider_bands": wider,
         "cases": [cases[i % len(cases)].id for i in range(repeats)],
         "templates": 22,
         "repeats": repeats,
@@ -106,14 +106,14 @@ def time_dev_set(lm: LoadedModel, data: Path, limit: int | None, cache_dir: Path
     gap = check_cases(lm, cases, screen_hop1=True, rule=DEFAULT_RULE)
     failing = [c for c in cases if c.id in set(gap.failing_ids)][:limit]
     ctx = EditContext(lm, WeightState(lm), cache_dir)
-    layers, wider, spec = default_layers(lm), wider_layers(lm), method_spec(DEFAULT_METHOD, model=lm.name)
+    layers, wider, spec = default_layers(lm), fallback_bands(lm), method_spec(DEFAULT_METHOD, model=lm.name)
     rows = []
     for case in failing:
         query = CompositionalQuery(case.compositional, case.hop1_phrase, case.bridge)
         result, seconds = timed(
             lm.device,
             partial(compute_with, ctx, query, layers, spec, answer=case.answer,
-                    answer_aliases=case.answer_aliases, wider_layers=wider),
+                    answer_aliases=case.answer_aliases, wider_bands=wider),
         )  # fmt: skip
         with ctx.weights.trial("timed", result.delta):
             fixed = answered(lm, [Canary(case.compositional, case.answer, case.answer_aliases)])[0]

@@ -17,7 +17,7 @@ from cli.common import first_line, fmt_p
 from service.engine.cases import TwoHopCase, load_cases
 from service.engine.compositionality import check_cases
 from service.engine.context import EditContext
-from service.engine.creme import CompositionalQuery, default_layers, wider_layers
+from service.engine.creme import CompositionalQuery, default_layers, fallback_bands
 from service.engine.judging import is_correct
 from service.engine.loading import LoadedModel
 from service.engine.methods import compute_with, method_spec
@@ -77,7 +77,7 @@ def run_demo(lm: LoadedModel, cache_dir: Path | None) -> int:
     spec = method_spec(DEFAULT_METHOD, model=lm.name)
     result = compute_with(
         ctx, query, layers, spec, answer=case.answer, answer_aliases=case.answer_aliases,
-        wider_layers=wider_layers(lm), progress=lambda step, total, message: _progress(f"{message} ({step}/{total})"),
+        wider_bands=fallback_bands(lm), progress=lambda step, total, message: _progress(f"{message} ({step}/{total})"),
     )  # fmt: skip
     seconds, gain = time.perf_counter() - started, result.delta.params.get("gain", 1.0)
     edited = result.delta.layers

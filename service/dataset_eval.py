@@ -18,7 +18,7 @@ from typing import Literal
 from service.engine.cases import TwoHopCase
 from service.engine.compositionality import GapReport, check_cases
 from service.engine.context import EditContext
-from service.engine.creme import CompositionalQuery, default_layers, wider_layers
+from service.engine.creme import CompositionalQuery, default_layers, fallback_bands
 from service.engine.evaluate import SET_NAMES, ProbeResult, evaluate_edit, summarise
 from service.engine.judging import DEFAULT_RULE, JudgeRule
 from service.engine.loading import LoadedModel
@@ -81,17 +81,17 @@ def edit_and_evaluate(
     rule: JudgeRule = DEFAULT_RULE,
     *,
     probes: bool = True,
-    wider: Sequence[int] | None = None,
+    wider: Sequence[Sequence[int]] = (),
 ) -> tuple[CaseOutcome, object]:
     """Compute the edit of ``case`` on the current state, evaluate it and check its safety; nothing stays applied.
 
     Returns the outcome and the delta (to apply when stacking). ``probes=False`` skips the
-    evaluation sets (the safety check still runs); ``wider`` is the band ``auto`` may fall back to.
+    evaluation sets (the safety check still runs); ``wider``: the bands ``auto`` may fall back to.
     """
     query = CompositionalQuery(prompt=case.compositional, hop1_phrase=case.hop1_phrase, bridge=case.bridge)
     started = time.perf_counter()
     result = compute_with(
-        ctx, query, layers, spec, answer=case.answer, answer_aliases=case.answer_aliases, rule=rule, wider_layers=wider
+        ctx, query, layers, spec, answer=case.answer, answer_aliases=case.answer_aliases, rule=rule, wider_bands=wider
     )
     seconds = time.perf_counter() - started
     evaluated = {}
@@ -163,7 +163,7 @@ def evaluate_dataset(
         on_gap(gap)
     failing = [c for c in cases if c.id in set(gap.failing_ids)]
     chosen = list(layers) if layers else default_layers(lm)
-    wider = None if layers else wider_layers(lm)  # auto may widen the default band, never a chosen one
+    wider = [] if layers else fallback_bands(lm)  # auto may widen the default band, never a chosen one
     ctx = EditContext(lm, WeightState(lm), cache_dir)
     facts = known_facts(lm, cache_dir, rule)
     drift = DriftProbe(lm)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.db.models import Edit, Job, StoredDelta, utcnow
 from service.db.session import session_scope
-from service.engine.creme import EditCancelled, default_layers, wider_layers
+from service.engine.creme import EditCancelled, default_layers, fallback_bands
 from service.engine.delta import sha256_hex
 from service.engine.evaluate import PARAPHRASE_FRAME, EvalSets, Probe, evaluate_edit
 from service.engine.infer import InferredQuery, infer_query
@@ -130,8 +130,8 @@ def _compute_and_apply(job: Job, edit: _EditRow, query: InferredQuery, ctx: JobC
     lm, req, answer = ctx.lm, edit.request, query.answer
     chosen = edit.layers or req.layers  # a band the request named is kept; the default one auto may widen
     layers = chosen or default_layers(lm)
-    wider = wider_layers(lm) if edit.method == "auto" and not chosen else None
-    total = len(layers) + len(wider or []) + 2
+    wider = fallback_bands(lm) if edit.method == "auto" and not chosen else []
+    total = len(layers) + sum(map(len, wider)) + 2
     version = ctx.reconciler.version
     aliases = tuple(req.answer_aliases)
     result = compute_with(
@@ -142,7 +142,7 @@ def _compute_and_apply(job: Job, edit: _EditRow, query: InferredQuery, ctx: JobC
         answer=answer,
         answer_aliases=aliases,
         rule=req.judge,
-        wider_layers=wider,
+        wider_bands=wider,
         progress=lambda step, _n, message: progress(ctx, job, step, total, message),
         should_cancel=lambda: cancelled(ctx, job),
     )

@@ -10,7 +10,7 @@ import torch
 
 from service.engine.delta import EditDelta, LayerFactors
 from service.engine.hooks import Resume, Trace, block_path, run
-from service.engine.inputs import check_layers, default_band, find_phrase, template_problem, wider_band
+from service.engine.inputs import check_layers, default_band, find_phrase, template_problem, wider_bands
 from service.engine.loading import LoadedModel
 from service.engine.options import DEFAULT_TEMPLATES
 from service.engine.prompts import Batch, encode
@@ -229,6 +229,6 @@ def default_layers(lm: LoadedModel) -> list[int]:
     return default_band(lm.name, lm.n_layers)
 
 
-def wider_layers(lm: LoadedModel) -> list[int]:
-    """The wider band ``auto`` may fall back to (:func:`~service.engine.inputs.wider_band`)."""
-    return wider_band(lm.name, lm.n_layers)
+def fallback_bands(lm: LoadedModel) -> list[list[int]]:
+    """The wider bands ``auto`` may fall back to, narrowest first (:func:`~service.engine.inputs.wider_bands`)."""
+    return wider_bands(lm.name, lm.n_layers)

@@ -68,12 +68,24 @@ def default_template_set(method: str, model: str) -> str:
     return "english" if method == "auto" and model == EMBEDDED_MODEL else "published"
 
 
-def wider_band(model: str, n_layers: int) -> list[int]:
-    """The default band widened by 2/15 of the depth on each side (6-24 for the embedded model's 10-20).
+def wider_bands(model: str, n_layers: int) -> list[list[int]]:
+    """The bands ``auto`` falls back to, narrowest first: the default band widened on each side by half
+    of 2/15 of the depth, then by all of it (8-22, then 6-24 for the embedded model's 10-20).
 
-    ``auto`` tries it when no gain fixes a query in the default band: on the embedded model the
-    attention outputs that carry many answers sit just above the default band (README).
+    On the embedded model the attention outputs that carry many answers sit just above the default
+    band, and the widest band's top layers also drive short facts, so the middle band comes first
+    (README).
     """
     band = default_band(model, n_layers)
     margin = max(1, round(n_layers * 2 / 15))
-    return list(range(max(0, band[0] - margin), min(n_layers - 1, band[-1] + margin) + 1))
+    bands = []
+    for m in sorted({max(1, round(margin / 2)), margin}):
+        wider = list(range(max(0, band[0] - m), min(n_layers - 1, band[-1] + m) + 1))
+        if wider != band and wider not in bands:
+            bands.append(wider)
+    return bands
+
+
+def wider_band(model: str, n_layers: int) -> list[int]:
+    """The widest band ``auto`` may fall back to (the last of :func:`wider_bands`, else the default)."""
+    return [default_band(model, n_layers), *wider_bands(model, n_layers)][-1]

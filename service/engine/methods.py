@@ -10,7 +10,7 @@
   ``AUTO_GAINS`` that fixes the edit's own query, keeps every active edit's query that holds and
   adds at most ``max_drift`` of generic-text drift, judged on those prompts and the generic sample
   alone (never on evaluation sets or canary facts); when none does and the band was not chosen by
-  the request, the same on the wider band (``wider_layers``). When nothing passes, the default band
+  the request, the same on each wider band in turn (``wider_bands``). When nothing passes, the default band
   at gain 1 scaled down (``FALLBACK_SCALES``) until it keeps the holding edits within the drift
   bound. Its choice is recorded in the delta's params.
 """
@@ -179,14 +179,14 @@ def compute_with(
     answer: str | None = None,
     answer_aliases: Sequence[str] = (),
     rule: JudgeRule = DEFAULT_RULE,
-    wider_layers: Sequence[int] | None = None,
+    wider_bands: Sequence[Sequence[int]] = (),
     progress: Progress | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> EditResult:
     """Compute the edit of ``query`` by ``spec`` on the model as it is now (left unchanged).
 
-    ``wider_layers``: the band ``auto`` falls back to when no gain fixes the query on ``layers``
-    (give it only when ``layers`` is the default band, not one the request chose). The delta's
+    ``wider_bands``: the bands ``auto`` falls back to in turn when no gain fixes the query on
+    ``layers`` (give them only when ``layers`` is the default band, not one the request chose). The delta's
     params record the spec and the query (with the answer when given), so that the edit can be
     reproduced and later edits can keep it as a canary.
     """
@@ -203,8 +203,7 @@ def compute_with(
         raise ValueError("method 'auto' needs the answer to judge its candidates")
     base = replace(spec, gain=1.0)
     bands = [list(layers)]
-    if wider_layers is not None and set(wider_layers) != set(layers):
-        bands.append(list(wider_layers))
+    bands += [list(band) for band in wider_bands if set(band) != set(layers)]
     judge = _CandidateJudge(ctx, query.prompt, answer, answer_aliases, rule, spec.max_drift, bands)
     first: EditResult | None = None
     tried: list[list[float]] = []

@@ -15,6 +15,7 @@ from service.engine.inputs import (
     layer_problem,
     template_problem,
     wider_band,
+    wider_bands,
 )
 from service.engine.loading import LoadedModel
 from service.engine.locate import subject_positions
@@ -82,13 +83,18 @@ def test_default_band() -> None:
     assert default_band("tiny", 4) == [2, 3]
 
 
-def test_the_wider_band_contains_the_default_one_and_stays_in_the_model() -> None:
+def test_the_wider_bands_contain_the_default_one_each_wider_than_the_last_and_stay_in_the_model() -> None:
+    assert wider_bands(EMBEDDED_MODEL, 30) == [list(range(8, 23)), list(range(6, 25))]
     assert wider_band(EMBEDDED_MODEL, 30) == list(range(6, 25))
-    assert wider_band("llama-2-7b", 32) == list(range(13, 28))
-    assert wider_band("tiny", 4) == [1, 2, 3]
+    assert wider_bands("llama-2-7b", 32) == [list(range(15, 26)), list(range(13, 28))]
+    assert wider_bands("tiny", 4) == [[1, 2, 3]] and wider_band("tiny", 4) == [1, 2, 3]
+    assert wider_bands("m", 1) == [] and wider_band("m", 1) == default_band("m", 1)
     for depth in (1, 2, 3, 12, 24, 40, 80):
-        band, wider = default_band("m", depth), wider_band("m", depth)
-        assert set(band) <= set(wider) and wider[0] >= 0 and wider[-1] < depth
+        inner = default_band("m", depth)
+        for wider in wider_bands("m", depth):
+            assert set(inner) < set(wider) and wider[0] >= 0 and wider[-1] < depth
+            inner = wider
+        assert wider_band("m", depth) == inner
 
 
 def test_only_auto_on_the_embedded_model_defaults_to_the_english_templates() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from service.engine.context import EditContext
-from service.engine.creme import CompositionalQuery, compute_edit, default_layers, wider_layers
+from service.engine.creme import CompositionalQuery, compute_edit, default_layers, fallback_bands
 from service.engine.loading import LoadedModel
 from service.engine.methods import AUTO_GAINS, AUTO_MAX_DRIFT, GUARD_DRIFT_WORDS, compute_with, method_spec
 from service.engine.neighbours import (
@@ -69,12 +69,13 @@ def test_every_method_reverts_bit_exactly_and_records_itself(ctx: EditContext, m
 
 def test_auto_widens_the_default_band_only_when_no_gain_fixes_the_query_there(ctx: EditContext) -> None:
     query, answer = _query("mquake-2hop-0205")  # its answer's attention outputs sit above the default band
-    default, wider = default_layers(ctx.lm), wider_layers(ctx.lm)
-    assert (default[0], default[-1], wider[0], wider[-1]) == (10, 20, 6, 24)
-    narrow = compute_with(ctx, query, default, method_spec("auto"), answer=answer).delta
+    default, bands = default_layers(ctx.lm), fallback_bands(ctx.lm)
+    assert [(b[0], b[-1]) for b in [default, *bands]] == [(10, 20), (8, 22), (6, 24)]
+    spec = method_spec("auto", model=ctx.lm.name)
+    narrow = compute_with(ctx, query, default, spec, answer=answer).delta
     assert narrow.layers == default and narrow.params["tried"] == [{"layers": default, "gains": list(AUTO_GAINS)}]
-    widened = compute_with(ctx, query, default, method_spec("auto"), answer=answer, wider_layers=wider).delta
-    assert widened.layers == wider and [t["layers"] for t in widened.params["tried"]] == [default, wider]
+    widened = compute_with(ctx, query, default, spec, answer=answer, wider_bands=bands).delta
+    assert widened.layers == bands[0] and [t["layers"] for t in widened.params["tried"]] == [default, bands[0]]
     assert widened.params["tried_gains"] == list(AUTO_GAINS)  # every gain failed on the default band
     fixed = [Canary(query.prompt, answer)]
     assert answered(ctx.lm, fixed) == [False]
@@ -241,7 +242,7 @@ def test_safety_check_refuses_an_edit_that_breaks_an_active_one(ctx: EditContext
     try:
         assert answered(ctx.lm, [Canary(case.compositional, case.answer)]) == [True]
         query_b = CompositionalQuery(case.compositional, case.hop1_phrase, "Germany")
-        edit_b = compute_with(ctx, query_b, wider_layers(ctx.lm), method_spec("creme"), answer="Berlin").delta
+        edit_b = compute_with(ctx, query_b, fallback_bands(ctx.lm)[-1], method_spec("creme"), answer="Berlin").delta
         report = check_safety(ctx, edit_b, Canary(case.compositional, "Berlin"))
         assert not report.safe
         assert any(c.source == "edit:a" for c in report.canaries.regressions), report.to_dict()
