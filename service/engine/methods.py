@@ -10,9 +10,10 @@
   ``AUTO_GAINS`` that fixes the edit's own query, keeps every active edit's query that holds and
   adds at most ``max_drift`` of generic-text drift, judged on those prompts and the generic sample
   alone (never on evaluation sets or canary facts); when none does and the band was not chosen by
-  the request, the same on each wider band in turn (``wider_bands``). When nothing passes, the default band
-  at gain 1 scaled down (``FALLBACK_SCALES``) until it keeps the holding edits within the drift
-  bound. Its choice is recorded in the delta's params.
+  the request, the same on each wider band in turn (``wider_bands``). When nothing passes, the
+  default band at gain 1 scaled down (``FALLBACK_SCALES``) until it keeps the holding edits within
+  the drift bound. Its choice is recorded in the delta's params. A spec naming no templates takes
+  its method's default set on the model (``inputs.default_template_set``).
 """
 
 from __future__ import annotations
