@@ -140,6 +140,8 @@ def plot(alone: list[dict], stacked: list[dict], path: Path) -> None:
     axes[0].set_title("fix rate vs canaries kept (one edit)")
     axes[1].set(xlabel="leakage of the edited answer (mean relative change of p)", ylabel="fixed alone (%)")
     axes[1].set_title("fix rate vs leakage (one edit)")
+    if all(r["specificity"].get("leakage_mean_rel_change") is None for r in alone):
+        axes[1].text(0.5, 0.5, "query sets not read in this run", ha="center", va="center", transform=axes[1].transAxes)
     for i, s in enumerate(stacked):
         xs = [r["n_cases"] for r in s["readings"]]
         kept = [100 * r["canaries_kept"] / max(r["canaries"], 1) for r in s["readings"]]
@@ -149,7 +151,10 @@ def plot(alone: list[dict], stacked: list[dict], path: Path) -> None:
         axes[2].plot(xs, held, marker="s", linestyle="--", color=f"C{i}", label=f"{name}: alone-fixed still fixed")
     axes[2].set(xlabel="failing cases edited one after another", ylabel="%", ylim=(-5, 105))
     axes[2].set_title("stacking")
-    axes[2].legend(fontsize=7)
+    if stacked:
+        axes[2].legend(fontsize=7)
+    else:
+        axes[2].text(0.5, 0.5, "no stacked run", ha="center", va="center", transform=axes[2].transAxes)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
