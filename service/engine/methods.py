@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from typing import Any
 
 from service.engine.context import EditContext
@@ -34,10 +33,9 @@ from service.engine.creme import (
 )
 from service.engine.delta import EditDelta
 from service.engine.inputs import default_template_set
-from service.engine.judging import DEFAULT_RULE, JudgeRule, is_correct, settled_right
+from service.engine.judging import DEFAULT_RULE, JudgeRule
 from service.engine.neighbours import edit_neighbour_keys
 from service.engine.options import METHODS, TEMPLATE_SETS
-from service.engine.prompts import greedy
 from service.engine.safety import Canary, DriftProbe, answered, edit_canaries
 from service.engine.solvers import ProtectedSolver
 
@@ -151,11 +149,9 @@ class _CandidateJudge:
     def passes(self, delta: EditDelta, *, must_fix: bool = True) -> bool:
         """Whether ``delta`` on top keeps every holding edit within the drift bound (and fixes its query)."""
         with self.ctx.weights.trial("auto-candidate", delta):
-            if must_fix:
-                stop = partial(settled_right, answer=self.answer, aliases=self.aliases, rule=self.rule)
-                text = greedy(self.ctx.lm, [self.prompt], max_new_tokens=10, stop=[stop])[0]
-                if not is_correct(text, self.answer, aliases=self.aliases, rule=self.rule):
-                    return False
+            own = Canary(self.prompt, self.answer, tuple(self.aliases))
+            if must_fix and not answered(self.ctx.lm, [own], self.rule, max_new_tokens=10)[0]:
+                return False
             if not all(answered(self.ctx.lm, self.holding, self.rule)):
                 return False
             return self.drift is None or self.drift.kl(from_layer=min(delta.layers)) <= self.max_drift

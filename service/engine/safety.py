@@ -46,13 +46,16 @@ def shipped_facts() -> list[Canary]:
     return [Canary(r["prompt"], r["answer"], tuple(r.get("aliases", ()))) for r in rows]
 
 
-def answered(lm: LoadedModel, canaries: Sequence[Canary], rule: JudgeRule = DEFAULT_RULE) -> list[bool]:
-    """Whether the model as it is now answers each canary right (greedy, judged by ``rule``)."""
+def answered(
+    lm: LoadedModel, canaries: Sequence[Canary], rule: JudgeRule = DEFAULT_RULE, max_new_tokens: int = _CANARY_TOKENS
+) -> list[bool]:
+    """Whether the model as it is now answers each canary right (greedy, judged by ``rule``; each
+    continuation stops once its verdict is settled)."""
     verdicts: list[bool] = []
     for start in range(0, len(canaries), _CHUNK):
         chunk = canaries[start : start + _CHUNK]
         stops = [partial(settled_right, answer=c.answer, aliases=c.aliases, rule=rule) for c in chunk]
-        texts = greedy(lm, [c.prompt for c in chunk], max_new_tokens=_CANARY_TOKENS, stop=stops)
+        texts = greedy(lm, [c.prompt for c in chunk], max_new_tokens=max_new_tokens, stop=stops)
         verdicts += [is_correct(t, c.answer, aliases=c.aliases, rule=rule) for t, c in zip(texts, chunk, strict=True)]
     return verdicts
 
