@@ -1,7 +1,8 @@
 """Edit methods side by side on a dev set, each edit alone and all stacked: JSON, a markdown table, a plot.
 
 Usage: python benchmarks/edit_quality.py DATA.jsonl [--methods creme,auto] [--stack-methods auto]
-       [--limit-failing N] [--probe-cases N] [--judge published] [--out benchmarks/results/edit_quality.json]
+       [--no-if-safe-stack] [--limit-failing N] [--probe-cases N] [--judge published]
+       [--out benchmarks/results/edit_quality.json]
 
 A method may carry overrides of its parameters: ``local:strength=100,protect_weight=10``.
 Alone, for every method: failing cases found, fixed alone, canary facts kept per edit, paraphrase
@@ -9,11 +10,11 @@ and generalization greedy accuracy and win rate before → after, specificity, l
 answer, generic-text KL (nats/token) and median edit seconds. Stacked (every failing case edited
 one after another, each computed with the earlier ones applied): of the cases each method fixed
 alone, how many still hold after 20 and after all edits, canaries kept and drift; the default
-method is also stacked under ``if_safe`` (only edits that pass the safety check are applied, as the
-service does). ``--plot`` (default: next to the JSON) draws fix rate against canaries kept and
-leakage per method, and when stacked the canaries kept and the alone-fixed cases still fixed
-against the number of cases edited. Results are written
-after every phase (alone, each stacked run, query sets), so a long run can be read while it goes.
+method is also stacked under ``if_safe``, only the edits that pass the safety check applied, as the
+service does (``--no-if-safe-stack`` skips it). ``--plot`` (default: next to the JSON) draws fix
+rate against canaries kept and leakage per method, and when stacked the canaries kept and the
+alone-fixed cases still fixed against the number of cases edited. Results are written after every
+phase (alone, each stacked run, query sets), so a long run can be read while it goes.
 """
 
 from __future__ import annotations
@@ -183,7 +184,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
     parser.add_argument("--methods", default="creme,auto", help="methods evaluated alone")
-    parser.add_argument("--stack-methods", default="auto", help="methods stacked ('' for none)")
+    parser.add_argument("--stack-methods", default="auto", help="methods stacked under 'always' ('' for none)")
+    parser.add_argument(
+        "--if-safe-stack", action=argparse.BooleanOptionalAction, default=True,
+        help="also stack the default method under 'if_safe', as the service applies edits",
+    )  # fmt: skip
     parser.add_argument("--limit-failing", type=int, default=None, help="use only the first N failing cases")
     parser.add_argument("--probe-cases", type=int, default=None, help="query sets read on the first N (default all)")
     parser.add_argument("--judge", choices=JUDGE_RULES, default=DEFAULT_RULE)
@@ -207,7 +212,8 @@ def main() -> None:
         _write(args, header, alone, [])
     fixed_by = {r["method"]: set(r["fixed_alone_ids"]) for r in alone}
     runs = [(v, "always") for v in filter(None, args.stack_methods.split(","))]
-    runs.append((DEFAULT_METHOD, "if_safe"))
+    if args.if_safe_stack:
+        runs.append((DEFAULT_METHOD, "if_safe"))
     stacked: list[dict] = []
     for variant, policy in runs:
         label, spec = parse_variant(variant, lm.name)
