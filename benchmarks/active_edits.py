@@ -15,9 +15,14 @@ Usage: python benchmarks/active_edits.py [--counts 1,10,100,1000] [--repeats 5] 
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads: waiting OpenMP threads sleep instead of spinning, so runs side by side on
+# shared cores do not starve each other (`creme` and the Makefile set the same).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import statistics
 import sys
 from collections.abc import Callable, Sequence

@@ -14,9 +14,14 @@ Usage: python benchmarks/edit_latency.py [--repeats 5] [--layers 10-20] [--data 
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads: waiting OpenMP threads sleep instead of spinning, so runs side by side on
+# shared cores do not starve each other (`creme` and the Makefile set the same).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import platform
 import statistics
 import time

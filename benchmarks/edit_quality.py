@@ -19,9 +19,14 @@ phase (alone, each stacked run, query sets), so a long run can be read while it 
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads: waiting OpenMP threads sleep instead of spinning, so runs side by side on
+# shared cores do not starve each other (`creme` and the Makefile set the same).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 

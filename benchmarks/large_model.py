@@ -10,9 +10,14 @@ Usage: python benchmarks/large_model.py [--layers 32] [--dtype bfloat16] [--devi
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads: waiting OpenMP threads sleep instead of spinning, so runs side by side on
+# shared cores do not starve each other (`creme` and the Makefile set the same).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics
